@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import signal
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -77,6 +78,7 @@ class _Job:
     internal: bool
     on_output: OutputCallback | None
     started: float
+    timeout: float
     future: asyncio.Future[wire.ExitFrame | None]
     stdout: bytearray = field(default_factory=bytearray)
     stderr: bytearray = field(default_factory=bytearray)
@@ -119,6 +121,25 @@ def _pipe_with(data: bytes) -> int:
     finally:
         os.close(write_end)
     return read_end
+
+
+def _unreachable_by_others(path: Path) -> str | None:
+    """Why an unprivileged uid can't read ``path``, or None if it can.
+
+    bwrap resolves bind sources as the sandbox's own uid: the sandbox only ever sees
+    what any unprivileged user of the host could read.
+    """
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return exc.strerror or "cannot be read"
+    for parent in path.resolve().parents:
+        if not parent.stat().st_mode & stat.S_IXOTH:
+            return f"{parent} is not searchable by other users (chmod o+x to share it)"
+    need = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(st.st_mode) else 0)
+    if st.st_mode & need != need:
+        return "not readable by other users (chmod o+r, and o+x for a directory)"
+    return None
 
 
 def _host_pid_of(cgroup: Cgroup, ns_pid: int) -> int | None:
@@ -252,8 +273,9 @@ class AsyncSandbox:
                 self._attachment.hosts,
             )
         for bind in policy.filesystem.read_only:
-            if not Path(bind.source).exists():
-                raise SandboxError(f"filesystem.read_only: {bind.source} does not exist")
+            problem = _unreachable_by_others(Path(bind.source))
+            if problem:
+                raise SandboxError(f"filesystem.read_only: {bind.source}: {problem}")
         hidden = tuple(
             (p, Path(p).is_dir()) for p in policy.filesystem.hidden if Path(p).exists()
         )
@@ -329,6 +351,8 @@ class AsyncSandbox:
             # The supervisor must outlive any OOM in the sandbox: only the host may kill it.
             with contextlib.suppress(OSError):
                 Path(f"/proc/{self.init_pid}/oom_score_adj").write_text("-1000")
+        if policy.filesystem.workspace:
+            await self.upload(policy.filesystem.workspace, policy.filesystem.workspace_path)
         self._timeout_handle = loop.call_later(
             policy.resources.sandbox_timeout,
             lambda: self._background(self._terminate(KillReason.SANDBOX_TIMEOUT)),
@@ -412,7 +436,16 @@ class AsyncSandbox:
 
     def _teardown_processes(self) -> CgroupStats:
         stats = self._cgroup.stats()
-        self._cgroup.kill_all()
+        if self.init_pid is not None:
+            # Killing the pid namespace's init makes the kernel kill everything in it, and
+            # lets bwrap reap init before it exits itself, so no zombie is left for host
+            # pid 1 to collect.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.init_pid, signal.SIGKILL)
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=5)
+        self._cgroup.kill_all()  # anything left (init never started, or a wedged bwrap)
         if self._proc is not None:
             self._proc.wait(timeout=10)
             for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
@@ -562,6 +595,7 @@ class AsyncSandbox:
             internal=internal,
             on_output=on_output,
             started=time.monotonic(),
+            timeout=limit,
             future=loop.create_future(),
         )
         self._next_job += 1
@@ -621,7 +655,8 @@ class AsyncSandbox:
         if frame.flags & wire.FLAG_TIMED_OUT:
             kill = KillReason.TIMEOUT
             self._emit(EventKind.LIMIT_HIT, step=job.step, pid=job.host_pid,
-                       data={"limit": "command_timeout", "value": self._timeout_of(job)})
+                       data={"limit": "command_timeout", "value": job.timeout,
+                             "elapsed": round(time.monotonic() - job.started, 3)})
         elif sig == signal.SIGKILL and stats.oom_kills > self._last_stats.oom_kills:
             kill = KillReason.MEMORY
             self._emit(EventKind.LIMIT_HIT, step=job.step, pid=job.host_pid,
@@ -655,9 +690,6 @@ class AsyncSandbox:
         )
         self._emit_end(result, job)
         return result
-
-    def _timeout_of(self, job: _Job) -> float:
-        return round(time.monotonic() - job.started, 3)
 
     def _emit_end(self, result: ExecResult, job: _Job) -> None:
         if job.internal:
@@ -768,8 +800,12 @@ class AsyncSandbox:
         target = Path(dest)
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
-                tar.extractall(tmp, filter="data")
+            try:
+                with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+                    tar.extractall(tmp, filter="data")
+            except tarfile.TarError as exc:
+                # e.g. a symlink the sandbox planted pointing at a host path.
+                raise SandboxError(f"refusing to download {src}: {exc}") from None
             extracted = Path(tmp) / source.name
             if target.exists() and target.is_dir() and extracted.is_dir():
                 for child in extracted.iterdir():

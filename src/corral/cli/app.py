@@ -1,0 +1,90 @@
+"""Entry point: ``corral run | gc | setup | policy``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from corral.errors import CorralError
+from corral.policy import list_profiles, load_policy
+
+from .output import err_console, fail, out_console
+from .run_cmd import run
+
+app = typer.Typer(
+    name="corral",
+    help="Run tool-using AI agents in sandboxes they cannot get out of.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command(context_settings={"allow_interspersed_args": False})(run)
+
+policy_app = typer.Typer(help="Inspect and validate policies.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+
+@app.command()
+def gc() -> None:
+    """Remove leftovers (processes, cgroups, uid slots) of sandboxes whose owner died."""
+    from corral.sandbox import collect
+
+    report = collect()
+    if report.empty:
+        out_console.print("nothing to clean")
+        return
+    out_console.print(
+        f"removed {len(report.sandboxes)} sandbox(es), {len(report.cgroups)} orphan cgroup(s), "
+        f"{len(report.slots)} uid slot(s); killed {report.processes_killed} process(es)"
+    )
+
+
+@app.command()
+def setup() -> None:
+    """Check this host and build the native supervisor."""
+    from corral.sandbox.host import host
+
+    h = host()
+    out_console.print(f"bubblewrap: {h.bwrap}")
+    out_console.print(f"supervisor: {h.init}")
+    out_console.print(f"cgroups:    v{h.cgroups.version}")
+    out_console.print("seccomp:    ok")
+
+
+@policy_app.command("show")
+def policy_show(
+    source: Annotated[str, typer.Argument(help="Profile name or policy file.")] = "default",
+) -> None:
+    """Print the fully resolved policy as JSON."""
+    out_console.print_json(json.dumps(load_policy(source).model_dump(mode="json")))
+
+
+@policy_app.command("check")
+def policy_check(source: Annotated[str, typer.Argument(help="Policy file.")]) -> None:
+    """Validate a policy file; exit 0 if it is valid."""
+    policy = load_policy(source)
+    out_console.print(f"{source}: valid (policy '{policy.name}')")
+
+
+@policy_app.command("list")
+def policy_list() -> None:
+    """List the built-in profiles."""
+    for name in list_profiles():
+        out_console.print(f"{name}: {load_policy(name).description}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except CorralError as exc:
+        fail(str(exc))
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
+
+__all__ = ["app", "err_console", "main"]

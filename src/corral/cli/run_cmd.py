@@ -1,0 +1,113 @@
+"""``corral run``: one command in a fresh sandbox, streamed, with its exit code."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from corral.events import CallbackSink, Event, EventKind, FanoutSink, JsonlSink
+from corral.policy import Policy, load_policy
+from corral.sandbox import Sandbox
+from corral.sandbox.result import KillReason
+
+from .output import err_console
+
+
+def _describe(event: Event) -> str | None:
+    data = event.data
+    if event.kind == EventKind.LIMIT_HIT:
+        extra = f" ({data['path']})" if "path" in data else ""
+        return f"limit hit: {data.get('limit')}{extra} = {data.get('value')}"
+    if event.kind == EventKind.KILL:
+        return f"killed ({data.get('scope')}): {data.get('reason')}"
+    if event.kind in (EventKind.ALERT, EventKind.GUARD_VERDICT, EventKind.NET_SIGNAL):
+        what = data.get("rule_id") or data.get("signal")
+        return f"violation: {what}: {data.get('explanation', '')}"
+    return None
+
+
+def build_policy(
+    policy: str | None,
+    *,
+    workspace: Path | None = None,
+    timeout: float | None = None,
+    cpus: float | None = None,
+    memory: str | None = None,
+    pids: int | None = None,
+) -> Policy:
+    overrides: dict[str, Any] = {}
+    names: dict[str, str] = {}
+
+    def put(field: str, flag: str, value: Any) -> None:
+        if value is not None:
+            overrides[field] = value
+            names[field] = flag
+
+    put("filesystem.workspace", "--workspace", str(workspace) if workspace else None)
+    put("resources.cpus", "--cpus", cpus)
+    put("resources.memory", "--memory", memory)
+    put("resources.pids", "--pids", pids)
+    put("resources.command_timeout", "--timeout", timeout)
+    if timeout is not None and timeout > 0:
+        base = load_policy(policy)
+        # One command is the whole sandbox's life here, so the sandbox must last as long.
+        if timeout > base.resources.sandbox_timeout:
+            put("resources.sandbox_timeout", "--timeout", timeout)
+    return load_policy(policy, overrides, override_names=names)
+
+
+def run(
+    command: Annotated[list[str], typer.Argument(help="The command and its arguments.")],
+    policy: Annotated[
+        str | None, typer.Option("--policy", "-p", help="Profile name or policy file.")
+    ] = None,
+    workspace: Annotated[
+        Path | None, typer.Option(help="Host directory copied into the workspace.")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="Wall-time limit in seconds.")] = None,
+    cpus: Annotated[float | None, typer.Option(help="CPU quota in cores.")] = None,
+    memory: Annotated[str | None, typer.Option(help="Memory limit, e.g. 512MiB.")] = None,
+    pids: Annotated[int | None, typer.Option(help="Max processes.")] = None,
+    events: Annotated[
+        Path | None, typer.Option(help="Append every event to this JSON-lines file.")
+    ] = None,
+) -> None:
+    """Run COMMAND in a fresh sandbox, stream its output and exit with its code."""
+    if workspace is not None and not workspace.is_dir():
+        raise typer.BadParameter(f"{workspace} is not a directory", param_hint="--workspace")
+    resolved = build_policy(
+        policy, workspace=workspace, timeout=timeout, cpus=cpus, memory=memory, pids=pids
+    )
+
+    def report(event: Event) -> None:
+        line = _describe(event)
+        if line:
+            err_console.print(f"[yellow]corral:[/] {line}", markup=True)
+
+    sinks: list[Any] = [CallbackSink(report)]
+    if events is not None:
+        sinks.append(JsonlSink(events))
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+
+    def stream(which: int, chunk: bytes) -> None:
+        target = out if which == 1 else err
+        target.write(chunk)
+        target.flush()
+
+    cmd: str | list[str] = command[0] if len(command) == 1 else command
+    with Sandbox.create(resolved, sink=FanoutSink(sinks)) as sandbox:
+        try:
+            result = sandbox.exec(cmd, on_output=stream)
+        except KeyboardInterrupt:
+            err_console.print("corral: interrupted; sandbox closed")
+            raise typer.Exit(130) from None
+    if result.truncated:
+        err_console.print(
+            f"corral: output truncated at {resolved.resources.output_cap} bytes", markup=False
+        )
+    if result.kill_reason == KillReason.TIMEOUT:
+        err_console.print(f"corral: command timed out after {resolved.resources.command_timeout}s")
+    raise typer.Exit(result.exit_code)

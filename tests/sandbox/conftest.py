@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from corral.events import MemorySink
+from corral.policy import Policy, load_policy
+from corral.sandbox import Sandbox
+
+
+def make_policy(base: str = "default", **overrides: Any) -> Policy:
+    return load_policy(base, overrides)
+
+
+@pytest.fixture
+def sink() -> MemorySink:
+    return MemorySink()
+
+
+@pytest.fixture
+def sandbox(sink: MemorySink) -> Iterator[Sandbox]:
+    sb = Sandbox.create("default", sink=sink)
+    try:
+        yield sb
+    finally:
+        sb.close()
+        assert processes_of_uid(sb.uid) == [], "processes outlived close()"
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A temp dir any uid can read, for bind sources (pytest's tmp_path is root-only)."""
+    base = Path("/var/lib/corral-tests")
+    base.mkdir(mode=0o755, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="shared-", dir=base))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def processes_of_uid(uid: int) -> list[int]:
+    out = []
+    for proc in psutil.process_iter(["uids"]):
+        uids = proc.info["uids"]
+        if uids is not None and uid in (uids.real, uids.effective):
+            out.append(proc.pid)
+    return out
