@@ -1,0 +1,249 @@
+"""The transparent TCP listener: every sandbox connection, whatever its destination, lands
+here. It reads where the client meant to go (``SO_ORIGINAL_DST``), peeks at the first
+bytes, decides, and then either refuses or opens its own connection and relays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from corral.events import Event, EventKind, EventSink
+from corral.gateway.classify import MAX_PEEK, Classification, classify
+from corral.gateway.relay import relay
+from corral.gateway.session import Session
+from corral.gateway.signals import exfil_signal, protocol_signal
+from corral.policy import Protocol
+
+_SO_ORIGINAL_DST = 80  # same value for IPv4 (SOL_IP) and IPv6 (IP6T_SO_ORIGINAL_DST)
+
+SessionLookup = Callable[[tuple[Any, ...]], Session | None]
+
+
+def original_destination(conn: socket.socket) -> tuple[str, int]:
+    """Where the client connected to before nftables redirected it to us."""
+    if conn.family == socket.AF_INET:
+        raw = conn.getsockopt(socket.SOL_IP, _SO_ORIGINAL_DST, 16)
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), struct.unpack("!H", raw[2:4])[0]
+    raw = conn.getsockopt(socket.IPPROTO_IPV6, _SO_ORIGINAL_DST, 28)
+    return socket.inet_ntop(socket.AF_INET6, raw[8:24]), struct.unpack("!H", raw[2:4])[0]
+
+
+async def peek(conn: socket.socket, timeout: float) -> tuple[bytes, Classification]:
+    """Reads until the classifier is sure, MAX_PEEK bytes, EOF or ``timeout``."""
+    loop = asyncio.get_running_loop()
+    buf = bytearray()
+    deadline = loop.time() + timeout
+    while len(buf) < MAX_PEEK:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        try:
+            chunk = await asyncio.wait_for(loop.sock_recv(conn, MAX_PEEK - len(buf)), remaining)
+        except (TimeoutError, OSError):
+            break
+        if not chunk:
+            break
+        buf += chunk
+        found = classify(bytes(buf))
+        if found is not None:
+            return bytes(buf), found
+    return bytes(buf), classify(bytes(buf), final=True) or Classification(Protocol.UNKNOWN)
+
+
+def _reset(conn: socket.socket) -> None:
+    # Linger 0 makes close() send RST: the client sees a refusal, not a clean end.
+    with contextlib.suppress(OSError):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
+def _header_safe(text: str) -> str:
+    return "".join(c if 32 <= ord(c) < 127 else " " for c in text)[:300]
+
+
+async def refuse(conn: socket.socket, found: Classification, reason: str) -> None:
+    """HTTP gets a 403 saying why; anything else a reset."""
+    if found.protocol is not Protocol.HTTP:
+        _reset(conn)
+        return
+    loop = asyncio.get_running_loop()
+    body = f"Blocked by Corral: {reason}\n".encode("ascii", "replace")
+    head = (
+        "HTTP/1.1 403 Forbidden\r\n"
+        f"X-Corral-Denied: {_header_safe(reason)}\r\n"
+        "Content-Type: text/plain\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    try:
+        await asyncio.wait_for(loop.sock_sendall(conn, head + body), 2.0)
+        conn.shutdown(socket.SHUT_WR)
+        # Drain what the client still sends so close() doesn't reset the response away.
+        deadline = loop.time() + 0.5
+        drained = 0
+        while drained < 65536 and (left := deadline - loop.time()) > 0:
+            chunk = await asyncio.wait_for(loop.sock_recv(conn, 65536), left)
+            if not chunk:
+                break
+            drained += len(chunk)
+    except (OSError, TimeoutError):
+        pass
+    conn.close()
+
+
+class TransparentListener:
+    """Accepts on one gateway socket and handles each connection in its session."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        lookup: SessionLookup,
+        fallback: EventSink,
+        *,
+        peek_timeout: float,
+        connect_timeout: float,
+    ) -> None:
+        self._sock = sock
+        self._lookup = lookup
+        self._fallback = fallback
+        self._peek_timeout = peek_timeout
+        self._connect_timeout = connect_timeout
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._sock.setblocking(False)
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(self._sock)
+            except OSError:
+                # EMFILE and friends: back off instead of spinning; the client retries.
+                await asyncio.sleep(0.05)
+                continue
+            conn.setblocking(False)
+            session = self._lookup(peer)
+            if session is None or session.closed or session.at_capacity:
+                self._orphan(conn, peer, session)
+                continue
+            session.track(loop.create_task(self._handle(session, conn, peer)))
+
+    def _orphan(self, conn: socket.socket, peer: tuple[Any, ...], session: Session | None) -> None:
+        reason = "unknown source" if session is None else "sandbox flow limit or closed"
+        dst: tuple[str, int] | None = None
+        with contextlib.suppress(OSError):
+            dst = original_destination(conn)
+        _reset(conn)
+        event_data = {
+            "transport": "tcp",
+            "src": f"{peer[0]}:{peer[1]}",
+            "dst": dst[0] if dst else None,
+            "port": dst[1] if dst else None,
+            "verdict": "deny",
+            "reason": reason,
+            "phase": "decision",
+        }
+        if session is None:
+            self._fallback.emit(Event(EventKind.NET_CONNECT, "unknown", data=event_data))
+        else:
+            session.emit(EventKind.NET_CONNECT, event_data)
+
+    async def _handle(self, session: Session, conn: socket.socket, peer: tuple[Any, ...]) -> None:
+        started = time.monotonic()
+        upstream: socket.socket | None = None
+        try:
+            try:
+                dst, port = original_destination(conn)
+            except OSError as exc:
+                _reset(conn)
+                session.emit(
+                    EventKind.NET_CONNECT,
+                    {"transport": "tcp", "verdict": "deny", "phase": "decision",
+                     "reason": f"no original destination: {exc}"},
+                )
+                return
+            base: dict[str, Any] = {"transport": "tcp", "src": f"{peer[0]}:{peer[1]}",
+                                    "dst": dst, "port": port}
+
+            scan = session.scan.note(dst, port, time.monotonic())
+            if scan is not None:
+                await session.raise_signal(scan, transport="tcp", local=peer)
+
+            first, found = await peek(conn, self._peek_timeout)
+            base.update(found.to_data())
+            pid: int | None = None
+            detail = found.ssh_banner or found.stratum_method
+            sig = protocol_signal(found.protocol, dst, port, detail)
+            if sig is not None:
+                pid = await session.raise_signal(sig, transport="tcp", local=peer)
+
+            decision = session.policy.decide(
+                dst, port, found.protocol, found.server_name, session.bindings.addresses
+            )
+            base.update(verdict=decision.verdict, reason=decision.reason, rule=decision.rule)
+            if not decision.allowed:
+                if pid is None:
+                    pid = await session.pid_of("tcp", peer)
+                session.emit(
+                    EventKind.NET_CONNECT,
+                    {**base, "phase": "decision", "bytes_up": 0, "bytes_down": 0,
+                     "peeked": len(first)},
+                    pid,
+                )
+                await refuse(conn, found, decision.reason)
+                return
+
+            upstream, error = await self._connect(dst, port)
+            counts = {"up": 0, "down": 0}
+            exfil_fired = False
+            if upstream is not None:
+                loop = asyncio.get_running_loop()
+                try:
+                    await loop.sock_sendall(upstream, first)
+                    counts["up"] = len(first)
+
+                    def on_up(n: int) -> None:
+                        counts["up"] += n
+
+                    def on_down(n: int) -> None:
+                        counts["down"] += n
+
+                    error = await relay(conn, upstream, on_up, on_down)
+                except OSError as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+            ex = exfil_signal(counts["up"], counts["down"], session.policy.thresholds)
+            if ex is not None and not exfil_fired:
+                await session.raise_signal(
+                    ex, transport="tcp", local=None, pid=pid
+                )
+            session.emit(
+                EventKind.NET_CONNECT,
+                {**base, "phase": "end", "bytes_up": counts["up"], "bytes_down": counts["down"],
+                 "duration": round(time.monotonic() - started, 6), "error": error},
+                pid,
+            )
+        finally:
+            if upstream is not None:
+                upstream.close()
+            if conn.fileno() != -1:
+                _reset(conn) if upstream is None else conn.close()
+
+    async def _connect(self, dst: str, port: int) -> tuple[socket.socket | None, str | None]:
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, (dst, port)), self._connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            return None, f"upstream connect failed: {type(exc).__name__}: {exc}"
+        return sock, None
+
+
+__all__ = ["TransparentListener", "original_destination", "peek", "refuse"]

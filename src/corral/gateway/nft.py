@@ -1,0 +1,105 @@
+"""The gateway namespace's nftables ruleset, rendered as text and loaded with ``nft -f -``.
+
+The ruleset lives in the gateway's own namespace, never the host's, so a mistake
+here cannot open host services: that namespace holds nothing but the gateway's
+sockets and has no route anywhere except the sandbox links.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from corral.errors import GatewayError
+
+TABLE = "corral_gw"
+#: Every sandbox-facing veth end in the gateway namespace is named ``<prefix><n>``.
+LINK_PREFIX = "cg"
+#: Mark that routes tproxied UDP to the local sink socket (see :data:`TPROXY_TABLE`).
+TPROXY_MARK = 1
+#: Policy-routing table with the "everything is local" route tproxy needs.
+TPROXY_TABLE = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    """Ports of the gateway's sockets in its namespace, per address family."""
+
+    tcp4: int
+    tcp6: int
+    dns4: int
+    dns6: int
+    udp4: int
+    udp6: int
+
+
+def render_ruleset(ports: Ports) -> str:
+    """The whole table. Loading it atomically replaces any earlier copy."""
+    links = f'"{LINK_PREFIX}*"'
+    mark = f"0x{TPROXY_MARK:08x}"
+    udp_other = f"udp dport != 53 meta mark set {mark}"
+    return f"""
+table inet {TABLE}
+delete table inet {TABLE}
+table inet {TABLE} {{
+    # UDP other than DNS: handed to the sink socket with its original destination
+    # intact (tproxy), so the drop is logged as an Event with where it was going.
+    chain divert {{
+        type filter hook prerouting priority mangle; policy accept;
+        iifname {links} meta nfproto ipv4 {udp_other} tproxy ip to :{ports.udp4} accept
+        iifname {links} meta nfproto ipv6 {udp_other} tproxy ip6 to :{ports.udp6} accept
+    }}
+    # Every TCP connection, to any address and port, goes to the transparent listener;
+    # every DNS datagram to the gateway's resolver.
+    chain intercept {{
+        type nat hook prerouting priority dstnat; policy accept;
+        iifname {links} meta nfproto ipv4 meta l4proto tcp redirect to :{ports.tcp4}
+        iifname {links} meta nfproto ipv6 meta l4proto tcp redirect to :{ports.tcp6}
+        iifname {links} meta nfproto ipv4 udp dport 53 redirect to :{ports.dns4}
+        iifname {links} meta nfproto ipv6 udp dport 53 redirect to :{ports.dns6}
+    }}
+    # Only the gateway's own sockets are reachable; anything else is dropped.
+    chain input {{
+        type filter hook input priority filter; policy drop;
+        iif "lo" accept
+        iifname {links} meta nfproto ipv4 tcp dport {ports.tcp4} accept
+        iifname {links} meta nfproto ipv6 tcp dport {ports.tcp6} accept
+        iifname {links} meta nfproto ipv4 udp dport {ports.dns4} accept
+        iifname {links} meta nfproto ipv6 udp dport {ports.dns6} accept
+        iifname {links} meta mark {mark} meta l4proto udp accept
+        iifname {links} icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept
+        counter drop
+    }}
+    # The gateway never forwards: allowed traffic leaves through its own connections.
+    chain forward {{
+        type filter hook forward priority filter; policy drop;
+        counter drop
+    }}
+}}
+"""
+
+
+async def load_ruleset(netns_name: str, ruleset: str, *, nft: str = "nft") -> None:
+    """Loads ``ruleset`` inside the named namespace; raises GatewayError if nft refuses it."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "ip",
+            "netns",
+            "exec",
+            netns_name,
+            nft,
+            "-f",
+            "-",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(ruleset.encode()), timeout=20)
+    except (OSError, TimeoutError) as exc:
+        raise GatewayError(f"cannot run nft in {netns_name}: {exc}") from exc
+    if proc.returncode != 0:
+        raise GatewayError(f"nft refused the gateway ruleset: {err.decode(errors='replace')}")
+
+
+__all__ = ["LINK_PREFIX", "TABLE", "TPROXY_MARK", "TPROXY_TABLE", "Ports", "load_ruleset",
+           "render_ruleset"]

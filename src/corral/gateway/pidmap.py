@@ -1,0 +1,90 @@
+"""Maps a sandbox socket (its local address) to the host pid that owns it.
+
+The gateway sees only the source address of a connection. Inside the sandbox's
+namespace that address names one socket inode (``/proc/PID/net/tcp*``, read
+through any process in that namespace), and the inode names the process holding
+it (``/proc/PID/fd/* -> socket:[inode]``). Only processes whose ``ns/net`` is the
+sandbox's namespace are scanned, so the answer is always a sandbox process.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+_PROC = Path("/proc")
+
+
+def pids_in_netns(netns_inode: int, *, proc: Path = _PROC) -> list[int]:
+    pids: list[int] = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "ns" / "net").stat().st_ino == netns_inode:
+                pids.append(int(entry.name))
+        except OSError:  # the process exited or is not ours to look at
+            continue
+    return pids
+
+
+def _hex_address(text: str) -> tuple[str, int]:
+    """Decodes ``0100007F:1F90`` (as in /proc/net/tcp) into ("127.0.0.1", 8080)."""
+    addr_hex, port_hex = text.split(":")
+    raw = bytes.fromhex(addr_hex)
+    # The kernel prints each 32-bit word in host (little-endian) order.
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return str(ipaddress.ip_address(words)), int(port_hex, 16)
+
+
+def socket_inode(table: str, local_ip: str, local_port: int) -> int | None:
+    """The inode of the socket bound to ``local_ip:local_port`` in a /proc/net/{tcp,udp}* text."""
+    want = (str(ipaddress.ip_address(local_ip)), local_port)
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 10:
+            continue
+        try:
+            if _hex_address(fields[1]) == want and fields[9] != "0":
+                return int(fields[9])
+        except ValueError:
+            continue
+    return None
+
+
+def pid_of_socket(pids: list[int], inode: int, *, proc: Path = _PROC) -> int | None:
+    target = f"socket:[{inode}]"
+    for pid in pids:
+        fd_dir = proc / str(pid) / "fd"
+        try:
+            for fd in fd_dir.iterdir():
+                try:
+                    if str(fd.readlink()) == target:
+                        return pid
+                except OSError:
+                    continue
+        except OSError:
+            continue
+    return None
+
+
+def find_pid(netns_inode: int, transport: str, local_ip: str, local_port: int) -> int | None:
+    """Host pid of the sandbox process owning the socket, or None if it is gone."""
+    pids = pids_in_netns(netns_inode)
+    if not pids:
+        return None
+    version = ipaddress.ip_address(local_ip).version
+    table_name = transport + ("6" if version == 6 else "")
+    for pid in pids:
+        try:
+            table = (_PROC / str(pid) / "net" / table_name).read_text()
+        except OSError:
+            continue
+        inode = socket_inode(table, local_ip, local_port)
+        if inode is None:
+            return None
+        return pid_of_socket(pids, inode)
+    return None
+
+
+__all__ = ["find_pid", "pid_of_socket", "pids_in_netns", "socket_inode"]
