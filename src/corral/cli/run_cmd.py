@@ -13,7 +13,7 @@ from corral.policy import Policy, load_policy
 from corral.sandbox import Sandbox
 from corral.sandbox.result import KillReason
 
-from .output import err_console
+from .output import err_console, fail
 
 
 def _describe(event: Event) -> str | None:
@@ -77,7 +77,8 @@ def run(
 ) -> None:
     """Run COMMAND in a fresh sandbox, stream its output and exit with its code."""
     if workspace is not None and not workspace.is_dir():
-        raise typer.BadParameter(f"{workspace} is not a directory", param_hint="--workspace")
+        fail(f"--workspace: {workspace} is not a directory")
+        raise typer.Exit(2)
     resolved = build_policy(
         policy, workspace=workspace, timeout=timeout, cpus=cpus, memory=memory, pids=pids
     )
