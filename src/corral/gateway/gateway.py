@@ -36,7 +36,7 @@ from corral.gateway.netns import create_netns, remove_netns, run_on_thread, writ
 from corral.gateway.nft import TPROXY_MARK, TPROXY_TABLE, Ports, load_ruleset, render_ruleset
 from corral.gateway.pool import NamespacePool, Slot
 from corral.gateway.rules import compile_policy
-from corral.gateway.session import Session
+from corral.gateway.session import Session, endpoint
 from corral.gateway.signals import dns_signals
 from corral.gateway.udp import UdpSink, prepare_sink_socket
 from corral.policy import NetworkPolicy
@@ -349,14 +349,14 @@ class Gateway:
             for signal in dns_signals(outcome.name, session.policy.thresholds):
                 await session.raise_signal(signal, transport="udp", local=peer)
         pid = None if outcome.allowed else await session.pid_of("udp", peer)
-        session.emit(EventKind.NET_DNS, {"src": f"{peer[0]}:{peer[1]}", **outcome.to_data()}, pid)
+        session.emit(EventKind.NET_DNS, {"src": endpoint(peer), **outcome.to_data()}, pid)
         return outcome.reply
 
     def _udp_dropped(self, src: tuple[Any, ...], dst: tuple[str, int], size: int) -> None:
         session = self._lookup(src)
         data = {
             "transport": "udp",
-            "src": f"{src[0]}:{src[1]}",
+            "src": endpoint(src),
             "dst": dst[0],
             "port": dst[1],
             "bytes_up": size,

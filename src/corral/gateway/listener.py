@@ -16,7 +16,7 @@ from typing import Any
 from corral.events import Event, EventKind, EventSink
 from corral.gateway.classify import MAX_PEEK, Classification, classify
 from corral.gateway.relay import relay
-from corral.gateway.session import Session
+from corral.gateway.session import Session, endpoint
 from corral.gateway.signals import exfil_signal, protocol_signal
 from corral.policy import Protocol
 
@@ -126,6 +126,7 @@ class TransparentListener:
                 await asyncio.sleep(0.05)
                 continue
             conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             session = self._lookup(peer)
             if session is None or session.closed or session.at_capacity:
                 self._orphan(conn, peer, session)
@@ -140,7 +141,7 @@ class TransparentListener:
         _reset(conn)
         event_data = {
             "transport": "tcp",
-            "src": f"{peer[0]}:{peer[1]}",
+            "src": endpoint(peer),
             "dst": dst[0] if dst else None,
             "port": dst[1] if dst else None,
             "verdict": "deny",
@@ -166,7 +167,7 @@ class TransparentListener:
                      "reason": f"no original destination: {exc}"},
                 )
                 return
-            base: dict[str, Any] = {"transport": "tcp", "src": f"{peer[0]}:{peer[1]}",
+            base: dict[str, Any] = {"transport": "tcp", "src": endpoint(peer),
                                     "dst": dst, "port": port}
 
             scan = session.scan.note(dst, port, time.monotonic())
@@ -199,7 +200,6 @@ class TransparentListener:
 
             upstream, error = await self._connect(dst, port)
             counts = {"up": 0, "down": 0}
-            exfil_fired = False
             if upstream is not None:
                 loop = asyncio.get_running_loop()
                 try:
@@ -216,10 +216,8 @@ class TransparentListener:
                 except OSError as exc:
                     error = f"{type(exc).__name__}: {exc}"
             ex = exfil_signal(counts["up"], counts["down"], session.policy.thresholds)
-            if ex is not None and not exfil_fired:
-                await session.raise_signal(
-                    ex, transport="tcp", local=None, pid=pid
-                )
+            if ex is not None:
+                await session.raise_signal(ex, transport="tcp", local=None, pid=pid)
             session.emit(
                 EventKind.NET_CONNECT,
                 {**base, "phase": "end", "bytes_up": counts["up"], "bytes_down": counts["down"],

@@ -15,6 +15,12 @@ from corral.gateway.rules import CompiledPolicy
 from corral.gateway.signals import ScanDetector, Signal
 
 
+def endpoint(addr: tuple[Any, ...]) -> str:
+    """``ip:port``, or ``[ip]:port`` for IPv6."""
+    host = str(addr[0])
+    return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+
+
 class Session:
     """One sandbox's state in the gateway: policy, DNS bindings, detectors, open flows."""
 
@@ -113,4 +119,4 @@ class Session:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-__all__ = ["Session"]
+__all__ = ["Session", "endpoint"]

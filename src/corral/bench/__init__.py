@@ -1,0 +1,1 @@
+"""Benchmarks and the fixtures they share (the simulated internet lives in ``simnet``)."""
