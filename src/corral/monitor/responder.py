@@ -1,0 +1,131 @@
+"""Carrying out the policy's response to an alert, and timing it from the harm.
+
+Actions escalate, never de-escalate: if a kill or a freeze cannot be carried
+out, the episode is ended instead (fail closed). A kill with no process to
+aim at (a file write or network signal with neither pid nor step) freezes
+the sandbox rather than doing nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from corral.errors import CorralError
+from corral.monitor import procfs
+from corral.monitor.process_table import ProcessRecord, ProcessTable
+from corral.monitor.watched import WatchedSandbox
+from corral.policy import Action
+
+ACTION_ORDER = {Action.LOG: 0, Action.KILL: 1, Action.FREEZE: 2, Action.END_EPISODE: 3}
+# Processes may fork while being killed; look again for survivors this often.
+_KILL_ROUNDS = 3
+
+
+@dataclass(slots=True)
+class Outcome:
+    action: Action
+    ok: bool
+    decided_ms: float | None
+    latency_ms: float | None
+    targets: list[int] = field(default_factory=list)
+    error: str | None = None
+    escalated_from: Action | None = None
+
+
+class Responder:
+    def __init__(self, table: ProcessTable, kill_scope: str) -> None:
+        self._table = table
+        self._kill_scope = kill_scope
+
+    async def respond(
+        self,
+        sandbox: WatchedSandbox,
+        action: Action,
+        record: ProcessRecord | None,
+        step: int | None,
+        started_ns: int,
+        reason: str,
+    ) -> Outcome:
+        decided = _ms_since(started_ns)
+        targets: list[ProcessRecord] = []
+        escalated_from: Action | None = None
+        if action == Action.KILL:
+            if record is None and (step is None or self._kill_scope != "step"):
+                escalated_from, action = action, Action.FREEZE
+            else:
+                # Empty when everything harmful has already exited: nothing left to do.
+                targets = self._kill_targets(sandbox, record, step)
+        error = None
+        try:
+            await self._act(sandbox, action, targets, reason)
+        except (CorralError, OSError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if action in (Action.KILL, Action.FREEZE):
+                escalated_from = escalated_from or action
+                action = Action.END_EPISODE
+                try:
+                    await self._act(sandbox, action, [], f"{reason} (after failed response)")
+                except (CorralError, OSError) as exc2:
+                    error += f"; end_episode: {type(exc2).__name__}: {exc2}"
+                else:
+                    error += "; escalated to end_episode"
+        ok = error is None or error.endswith("escalated to end_episode")
+        return Outcome(
+            action=action,
+            ok=ok,
+            decided_ms=decided,
+            latency_ms=_ms_since(started_ns),
+            targets=[t.pid for t in targets],
+            error=error,
+            escalated_from=escalated_from,
+        )
+
+    async def _act(
+        self, sandbox: WatchedSandbox, action: Action, targets: list[ProcessRecord], reason: str
+    ) -> None:
+        handle = sandbox.handle
+        if action == Action.LOG:
+            return
+        if action == Action.KILL:
+            for _ in range(_KILL_ROUNDS):
+                for target in targets:
+                    await handle.kill_tree(target.pid)
+                targets = [t for t in targets if _still_running(t)]
+                if not targets:
+                    return
+            raise OSError(f"processes survived {_KILL_ROUNDS} kill rounds: {targets}")
+        if action == Action.FREEZE:
+            await handle.freeze()
+            sandbox.frozen = True
+            return
+        sandbox.ended = True
+        await handle.end_episode(reason)
+
+    def _kill_targets(
+        self, sandbox: WatchedSandbox, record: ProcessRecord | None, step: int | None
+    ) -> list[ProcessRecord]:
+        """Every live process to kill, by lineage: re-parented daemons are not missed."""
+        members: list[ProcessRecord] = []
+        if self._kill_scope == "step" and step is not None:
+            members = self._table.step_members(sandbox.sandbox_id, step)
+        if record is not None:
+            members += [record, *self._table.descendants(record)]
+        seen: set[int] = set()
+        unique = []
+        for m in sorted(members, key=lambda r: len(r.ancestor_keys)):
+            if m.key not in seen and m.alive:
+                seen.add(m.key)
+                unique.append(m)
+        return unique
+
+
+def _still_running(record: ProcessRecord) -> bool:
+    stat = procfs.read_stat(record.pid)
+    if stat is None or stat.state in ("Z", "X"):
+        return False
+    return record.start_ticks is None or stat.start_ticks == record.start_ticks
+
+
+def _ms_since(started_ns: int) -> float:
+    return round((time.monotonic_ns() - started_ns) / 1e6, 3)

@@ -1,0 +1,114 @@
+"""Helpers for the monitor's behaviour tests: a fake guard, a harness, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from corral.events import Event, EventKind, MemorySink
+from corral.monitor import Monitor
+from corral.monitor.testing import LocalSandbox
+from corral.policy import Action, Policy, ResponsePolicy
+
+# A bounded CPU burner: the simulated miner. It never touches the network.
+BURNER = "import time\nt = time.time()\nwhile time.time() - t < 20: pass"
+POOL = "stratum+tcp://pool.sim.test:3333"
+
+
+@dataclass
+class GuardResult:
+    verdict: str
+    findings: list[GuardFinding] = field(default_factory=list)
+
+
+@dataclass
+class GuardFinding:
+    rule_id: str
+    category: str
+    severity: str
+    attack: str
+    explanation: str
+
+
+def fake_guard(argv: list[str]) -> GuardResult:
+    """A small stand-in for the guard's engine with the same result shape."""
+    text = " ".join(argv)
+    if "stratum+tcp://" in text or Path(argv[0]).name == "xmrig":
+        return GuardResult(
+            "deny",
+            [GuardFinding("mining.stratum", "cryptomining", "critical", "T1496", "mining pool")],
+        )
+    if "nc -e" in text:
+        return GuardResult(
+            "deny", [GuardFinding("shell.reverse", "c2", "high", "T1059", "reverse shell")]
+        )
+    return GuardResult("allow")
+
+
+def respond_all(action: Action) -> Policy:
+    """A policy whose every severity gets ``action``."""
+    return Policy(response=ResponsePolicy(low=action, medium=action, high=action, critical=action))
+
+
+async def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> object:
+    """Poll until ``predicate()`` is truthy; fails the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+class Harness:
+    def __init__(self, sink: MemorySink, monitor: Monitor) -> None:
+        self.sink = sink
+        self.monitor = monitor
+        self._sandboxes: list[LocalSandbox] = []
+
+    async def sandbox(
+        self, policy: Policy | None = None, expected: tuple[str, ...] = ()
+    ) -> LocalSandbox:
+        sb = LocalSandbox(policy)
+        self._sandboxes.append(sb)
+        sb.start()
+        await self.monitor.watch(sb, expected_workload=expected)
+        return sb
+
+    async def step(self, sb: LocalSandbox, step: int, argv: list[str]) -> int:
+        """Run one step the way the sandbox does: start it, then report EXEC_START."""
+        pid = await sb.spawn(argv)
+        self.monitor.emit(
+            Event(EventKind.EXEC_START, sb.sandbox_id, sb.episode_id, step=step, pid=pid)
+        )
+        return pid
+
+    def of(self, kind: EventKind, sb: LocalSandbox | None = None) -> list[Event]:
+        return [
+            e for e in self.sink.of_kind(kind) if sb is None or e.sandbox_id == sb.sandbox_id
+        ]
+
+    def alerts(self, sb: LocalSandbox, rule_id: str | None = None) -> list[Event]:
+        return [
+            e
+            for e in self.of(EventKind.ALERT, sb)
+            if rule_id is None or e.data["rule_id"] == rule_id
+        ]
+
+    async def close(self) -> None:
+        for sb in self._sandboxes:
+            await sb.close()
+
+
