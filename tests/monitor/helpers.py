@@ -16,6 +16,8 @@ from corral.policy import Action, Policy, ResponsePolicy
 # A bounded CPU burner: the simulated miner. It never touches the network.
 BURNER = "import time\nt = time.time()\nwhile time.time() - t < 20: pass"
 POOL = "stratum+tcp://pool.sim.test:3333"
+# The sandbox uid cannot reach the test runner's own interpreter (under /root).
+PYTHON = "/usr/bin/python3"
 
 
 @dataclass
@@ -96,9 +98,7 @@ class Harness:
         return pid
 
     def of(self, kind: EventKind, sb: LocalSandbox | None = None) -> list[Event]:
-        return [
-            e for e in self.sink.of_kind(kind) if sb is None or e.sandbox_id == sb.sandbox_id
-        ]
+        return [e for e in self.sink.of_kind(kind) if sb is None or e.sandbox_id == sb.sandbox_id]
 
     def alerts(self, sb: LocalSandbox, rule_id: str | None = None) -> list[Event]:
         return [
@@ -110,5 +110,3 @@ class Harness:
     async def close(self) -> None:
         for sb in self._sandboxes:
             await sb.close()
-
-

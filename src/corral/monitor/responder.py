@@ -8,6 +8,7 @@ the sandbox rather than doing nothing.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from corral.policy import Action
 ACTION_ORDER = {Action.LOG: 0, Action.KILL: 1, Action.FREEZE: 2, Action.END_EPISODE: 3}
 # Processes may fork while being killed; look again for survivors this often.
 _KILL_ROUNDS = 3
+_KILL_WAIT = 0.25
 
 
 @dataclass(slots=True)
@@ -91,7 +93,12 @@ class Responder:
             for _ in range(_KILL_ROUNDS):
                 for target in targets:
                     await handle.kill_tree(target.pid)
-                targets = [t for t in targets if _still_running(t)]
+                # SIGKILL is delivered asynchronously; give the kernel a moment.
+                deadline = time.monotonic() + _KILL_WAIT
+                while targets and time.monotonic() < deadline:
+                    targets = [t for t in targets if _still_running(t)]
+                    if targets:
+                        await asyncio.sleep(0.005)
                 if not targets:
                     return
             raise OSError(f"processes survived {_KILL_ROUNDS} kill rounds: {targets}")
