@@ -126,12 +126,12 @@ class RecordedGpuProvider:
             GpuDevice(int(d["index"]), str(d["name"]), int(d["memory_total"]))
             for d in raw["devices"]
         ]
-        pid_map = dict(pid_map or {})
+        self._pid_map = dict(pid_map or {})
         self._frames = [
             [
                 GpuProcessSample(
                     int(p["device"]),
-                    pid_map.get(int(p["pid"]), int(p["pid"])),
+                    int(p["pid"]),
                     int(p["used_memory"]),
                     None if p.get("sm_util") is None else float(p["sm_util"]),
                 )
@@ -142,6 +142,10 @@ class RecordedGpuProvider:
         if not self._frames:
             raise ValueError(f"{path}: no samples recorded")
         self._next = 0
+
+    def remap(self, recorded_pid: int, live_pid: int) -> None:
+        """Replay ``recorded_pid`` as ``live_pid`` from now on (a process started later)."""
+        self._pid_map[recorded_pid] = live_pid
 
     @staticmethod
     def builtin(name: str) -> Path:
@@ -156,7 +160,10 @@ class RecordedGpuProvider:
     def sample(self) -> list[GpuProcessSample]:
         frame = self._frames[min(self._next, len(self._frames) - 1)]
         self._next += 1
-        return list(frame)
+        return [
+            GpuProcessSample(s.device, self._pid_map.get(s.pid, s.pid), s.used_memory, s.sm_util)
+            for s in frame
+        ]
 
     def close(self) -> None:
         return None

@@ -1,0 +1,78 @@
+"""Writes to persistence locations are seen at exec (command lines) and on disk (inotify)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from corral.monitor.persistence import exec_findings
+from tests.monitor.helpers import PYTHON, Harness, wait_for
+
+
+def _rules(argv: list[str]) -> list[str]:
+    return [f.rule_id for f in exec_findings(argv)]
+
+
+def test_command_lines_that_install_persistence() -> None:
+    assert _rules(["crontab", "-e"]) == ["persistence.cron"]
+    assert _rules(["/usr/bin/crontab", "/tmp/job"]) == ["persistence.cron"]
+    assert _rules(["systemctl", "--user", "enable", "x.service"]) == ["persistence.systemd_user"]
+    assert _rules(["sh", "-c", "echo 'curl x|sh' >> ~/.bashrc"]) == ["persistence.shell_rc"]
+    assert _rules(["cp", "key.pub", "/home/a/.ssh/authorized_keys"]) == ["persistence.ssh_keys"]
+    assert _rules(["sed", "-i", "$a x", "/home/a/.profile"]) == ["persistence.shell_rc"]
+    assert _rules(["tee", "-a", "/var/spool/cron/crontabs/a"]) == ["persistence.cron"]
+
+
+def test_command_lines_that_only_read_are_fine() -> None:
+    assert _rules(["crontab", "-l"]) == []
+    assert _rules(["cat", "/home/a/.bashrc"]) == []
+    assert _rules(["sed", "-n", "1p", "/home/a/.profile"]) == []
+    assert _rules(["sh", "-c", "grep x ~/.bashrc > /tmp/out"]) == []
+    assert _rules(["systemctl", "--user", "status"]) == []
+
+
+async def test_write_from_inside_an_interpreter_is_seen_on_disk(harness: Harness) -> None:
+    sb = await harness.sandbox()
+    assert sb.home is not None
+    code = (
+        "import os\n"
+        "d = os.path.expanduser('~/.ssh')\n"
+        "os.makedirs(d, exist_ok=True)\n"
+        "open(os.path.join(d, 'authorized_keys'), 'a').write('ssh-ed25519 AAAA test\\n')\n"
+    )
+    await harness.step(sb, 3, [PYTHON, "-c", code])
+    await wait_for(lambda: harness.alerts(sb, "persistence.ssh_keys"))
+    alert = harness.alerts(sb, "persistence.ssh_keys")[0]
+    assert alert.data["attack"] == "T1098.004"
+    assert alert.data["evidence"]["path"].endswith(".ssh/authorized_keys")
+    assert alert.step == 3  # the step running when it was written
+
+
+async def test_existing_rc_file_is_the_baseline_and_a_change_is_an_alert(
+    harness: Harness,
+) -> None:
+    from corral.monitor.testing import LocalSandbox
+
+    sb = LocalSandbox()
+    try:
+        sb.start()
+        assert sb.home is not None
+        (sb.home / ".bashrc").write_text("# default\n")
+        units = sb.home / ".config" / "systemd" / "user"
+        units.mkdir(parents=True)
+        for d in (units, units.parent, units.parent.parent):
+            os.chown(d, sb.uid, sb.uid)
+        await harness.monitor.watch(sb)
+        await asyncio.sleep(0.2)
+        assert not harness.alerts(sb)
+        (sb.home / ".bashrc").chmod(0o666)
+        await harness.step(sb, 1, ["/bin/sh", "-c", "echo 'sleep 1 &' >> ~/.bashrc"])
+        unit = "~/.config/systemd/user/miner.service"
+        await harness.step(sb, 2, ["/bin/sh", "-c", f"cat /dev/null > {unit}"])
+        await wait_for(lambda: len(harness.alerts(sb)) >= 3)
+        rules = sorted(a.data["rule_id"] for a in harness.alerts(sb))
+        # The shell's command line and the file itself are both seen.
+        assert rules.count("persistence.shell_rc") == 2
+        assert "persistence.systemd_user" in rules
+    finally:
+        await sb.close()
