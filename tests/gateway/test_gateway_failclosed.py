@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -11,8 +12,9 @@ from gateway_helpers import needs_root
 import corral.gateway
 from corral.errors import GatewayError
 from corral.events import MemorySink
-from corral.gateway import Gateway
+from corral.gateway import Gateway, sweep_stale_namespaces
 from corral.gateway.dns import SystemResolver
+from corral.gateway.netns import create_netns, remove_netns
 from corral.policy import NetworkPolicy
 
 pytestmark = needs_root
@@ -28,7 +30,8 @@ def leftovers(prefix: str) -> list[str]:
 
 def test_public_api_is_curated() -> None:
     assert set(corral.gateway.__all__) == {
-        "Attachment", "DnsServerResolver", "Gateway", "Resolver", "SystemResolver"}
+        "Attachment", "DnsServerResolver", "Gateway", "Resolver", "SystemResolver",
+        "sweep_stale_namespaces"}
     for name in corral.gateway.__all__:
         assert getattr(corral.gateway, name) is not None
 
@@ -81,7 +84,7 @@ async def test_bad_attach_requests_fail_and_leave_nothing() -> None:
 async def test_attach_fails_closed_when_namespaces_cannot_be_made() -> None:
     async with Gateway(pool_size=0, name_prefix="crlnons") as gateway:
         # Take the name the next namespace would get: creation must fail, not join it.
-        squatter = Path("/run/netns") / f"crlnons-{gateway.netns_name.rsplit('-', 1)[1]}-1"
+        squatter = Path("/run/netns") / f"crlnons-{gateway.netns_name.split('-gw-')[1]}-1"
         squatter.touch()
         try:
             with pytest.raises(GatewayError, match="namespace"):
@@ -89,3 +92,20 @@ async def test_attach_fails_closed_when_namespaces_cannot_be_made() -> None:
         finally:
             squatter.unlink()
     assert leftovers("crlnons") == []
+
+
+async def test_sweep_removes_namespaces_of_dead_owners_only() -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [f"crlsweep-gw-{dead.pid}-ab12", f"crlsweep-{dead.pid}-ab12-3"]
+    live = f"crlsweep-gw-{os.getpid()}-cd34"
+    for name in [*stale, live]:
+        create_netns(name)
+    try:
+        assert sorted(sweep_stale_namespaces("crlsweep")) == sorted(stale)
+        assert leftovers("crlsweep") == [live]
+    finally:
+        remove_netns(f"/run/netns/{live}")
+        for name in stale:
+            remove_netns(f"/run/netns/{name}")
+    assert leftovers("crlsweep") == []

@@ -243,8 +243,18 @@ async def test_rebinding_answer_refused(attach, simnet: SimNet) -> None:
     assert len({e.data["name"] for e in refused}) == 3
 
 
+async def test_host_and_gateway_addresses_refused(attach, simnet: SimNet) -> None:
+    # Even a rule opening the whole test block can't reach this machine's own address
+    # on it (the simnet bridge), nor the gateway's end of the sandbox link.
+    client = await attach(gateway_policy({"cidr": "198.51.100.0/24"}))
+    for url, why in ((f"http://{simnet.bridge_address}:22/", "this host"),
+                     (f"http://{client.attachment.gateway_address}:8080/", "link-local")):
+        result = await client.run("curl", "-sS", "-m", "10", "-D", "-", url)
+        assert "403" in result.out.splitlines()[0] and why in result.out, result
+
+
 async def test_metadata_address_and_ipv6_refused(attach, simnet: SimNet) -> None:
-    client = await attach(gateway_policy(EXAMPLE, ))
+    client = await attach(gateway_policy(EXAMPLE))
     meta = await client.run("curl", "-sS", "-m", "10", "-D", "-",
                             "http://169.254.169.254/latest/meta-data/")
     assert "403" in meta.out.splitlines()[0] and "cloud metadata" in meta.out, meta
@@ -266,7 +276,7 @@ for family, addr in ((socket.AF_INET, sys.argv[1]), (socket.AF_INET6, "2001:db8:
 
 
 async def test_udp_other_than_dns_dropped_and_logged(attach, simnet: SimNet) -> None:
-    client = await attach(gateway_policy(EXAMPLE, ))
+    client = await attach(gateway_policy(EXAMPLE))
     before = simnet.received("sink")
     result = await client.run("/usr/bin/python3", "-c", UDP, simnet.ip("sink"))
     assert result.rc == 0, result
@@ -313,7 +323,11 @@ async def test_upload_far_above_download_flagged(attach, simnet: SimNet) -> None
     assert "received 2097152 bytes" in result.out, result
     await client.settle()
     (signal,) = client.events(EventKind.NET_SIGNAL, signal="exfiltration")
-    assert signal.data["bytes_up"] > 2 * 1024 * 1024 and signal.data["severity"] == "high"
+    # Raised while the upload was still going, by the process doing it.
+    assert signal.data["bytes_up"] >= 1024 * 1024 and signal.data["severity"] == "high"
+    assert signal.data["dst"] == simnet.ip("web") and signal.pid is not None
+    (end,) = client.events(EventKind.NET_CONNECT, phase="end")
+    assert end.data["bytes_up"] > 2 * 1024 * 1024
 
 
 def client_python() -> str:

@@ -5,6 +5,13 @@ returns for each sandbox, and the resolvers it can use upstream.
 """
 
 from corral.gateway.dns import DnsServerResolver, Resolver, SystemResolver
-from corral.gateway.gateway import Attachment, Gateway
+from corral.gateway.gateway import Attachment, Gateway, sweep_stale_namespaces
 
-__all__ = ["Attachment", "DnsServerResolver", "Gateway", "Resolver", "SystemResolver"]
+__all__ = [
+    "Attachment",
+    "DnsServerResolver",
+    "Gateway",
+    "Resolver",
+    "SystemResolver",
+    "sweep_stale_namespaces",
+]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import re
 import secrets
 import socket
@@ -32,7 +33,13 @@ from corral.errors import GatewayError
 from corral.events import Event, EventKind, EventSink, NullSink
 from corral.gateway.dns import DnsServerProtocol, Resolver, SystemResolver, answer_query
 from corral.gateway.listener import TransparentListener
-from corral.gateway.netns import create_netns, remove_netns, run_on_thread, write_sysctl
+from corral.gateway.netns import (
+    NETNS_DIR,
+    create_netns,
+    remove_netns,
+    run_on_thread,
+    write_sysctl,
+)
 from corral.gateway.nft import TPROXY_MARK, TPROXY_TABLE, Ports, load_ruleset, render_ruleset
 from corral.gateway.pool import NamespacePool, Slot
 from corral.gateway.rules import compile_policy
@@ -133,7 +140,9 @@ class Gateway:
         if self._state != "new":
             raise GatewayError(f"gateway cannot start from state {self._state!r}")
         self._state = "starting"
-        self._token = secrets.token_hex(3)
+        # The owner's pid in every name lets sweep_stale_namespaces() find leftovers of
+        # gateways that died without stop().
+        self._token = f"{os.getpid()}-{secrets.token_hex(2)}"
         self._netns_name = f"{self._prefix}-gw-{self._token}"
         try:
             self._netns_path = await asyncio.to_thread(create_netns, self._netns_name)
@@ -264,6 +273,15 @@ class Gateway:
             sink.start()
             self._sinks.append(sink)
 
+    async def fill_pool(self) -> None:
+        """Waits until ``pool_size`` namespaces are ready, so the next attach is warm."""
+        if self._state != "running" or self._pool is None:
+            raise GatewayError(f"gateway is not running (state {self._state!r})")
+        try:
+            await self._pool.fill()
+        except _SETUP_ERRORS as exc:
+            raise GatewayError(f"cannot make a network namespace: {exc}") from exc
+
     # --- sandboxes -----------------------------------------------------------------
 
     async def attach(
@@ -383,6 +401,29 @@ class Gateway:
         session.emit(EventKind.NET_CONNECT, data, pid)
 
 
+def sweep_stale_namespaces(prefix: str = "corral") -> list[str]:
+    """Removes namespaces left by gateways whose owner process is gone; returns their names.
+
+    A live owner's namespaces are never touched (its pid still exists).
+    """
+    pattern = re.compile(rf"^{re.escape(prefix)}-(?:gw-)?(\d+)-[0-9a-f]{{4}}(?:-\d+)?$")
+    removed: list[str] = []
+    for path in sorted(NETNS_DIR.glob(f"{prefix}-*")):
+        found = pattern.match(path.name)
+        if found is None:
+            continue
+        try:
+            os.kill(int(found.group(1)), 0)
+            continue  # owner alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # exists, just not ours to signal
+        remove_netns(str(path))
+        removed.append(path.name)
+    return removed
+
+
 def _setup_gateway_netns() -> None:
     """Runs inside the gateway namespace: loopback, no forwarding, tproxy routing."""
     for key, value in (
@@ -423,4 +464,4 @@ def _host_addresses() -> list[str]:
     return sorted(a for a in found if a and a != "None")
 
 
-__all__ = ["HOSTS_TEXT", "Attachment", "Gateway"]
+__all__ = ["HOSTS_TEXT", "Attachment", "Gateway", "sweep_stale_namespaces"]

@@ -97,6 +97,36 @@ async def refuse(conn: socket.socket, found: Classification, reason: str) -> Non
     conn.close()
 
 
+class _Meter:
+    """Counts a relayed flow's bytes and raises the exfiltration signal while it happens."""
+
+    def __init__(self, session: Session, peer: tuple[Any, ...], dst: str, port: int) -> None:
+        self.up = 0
+        self.down = 0
+        self._session = session
+        self._peer = peer
+        self._where = {"dst": dst, "port": port}
+        self._fired = False
+
+    def on_up(self, n: int) -> None:
+        self.up += n
+        if self._fired or self.up < self._session.policy.thresholds.exfil_min_bytes:
+            return
+        found = exfil_signal(self.up, self.down, self._session.policy.thresholds)
+        if found is not None:
+            self._fired = True
+            found.details.update(self._where)
+            # Raised now, not at the end: a long upload must not hide until it is done.
+            self._session.track(
+                asyncio.get_running_loop().create_task(
+                    self._session.raise_signal(found, transport="tcp", local=self._peer)
+                )
+            )
+
+    def on_down(self, n: int) -> None:
+        self.down += n
+
+
 class TransparentListener:
     """Accepts on one gateway socket and handles each connection in its session."""
 
@@ -199,28 +229,17 @@ class TransparentListener:
                 return
 
             upstream, error = await self._connect(dst, port)
-            counts = {"up": 0, "down": 0}
+            meter = _Meter(session, peer, dst, port)
             if upstream is not None:
-                loop = asyncio.get_running_loop()
                 try:
-                    await loop.sock_sendall(upstream, first)
-                    counts["up"] = len(first)
-
-                    def on_up(n: int) -> None:
-                        counts["up"] += n
-
-                    def on_down(n: int) -> None:
-                        counts["down"] += n
-
-                    error = await relay(conn, upstream, on_up, on_down)
+                    await asyncio.get_running_loop().sock_sendall(upstream, first)
+                    meter.on_up(len(first))
+                    error = await relay(conn, upstream, meter.on_up, meter.on_down)
                 except OSError as exc:
                     error = f"{type(exc).__name__}: {exc}"
-            ex = exfil_signal(counts["up"], counts["down"], session.policy.thresholds)
-            if ex is not None:
-                await session.raise_signal(ex, transport="tcp", local=None, pid=pid)
             session.emit(
                 EventKind.NET_CONNECT,
-                {**base, "phase": "end", "bytes_up": counts["up"], "bytes_down": counts["down"],
+                {**base, "phase": "end", "bytes_up": meter.up, "bytes_down": meter.down,
                  "duration": round(time.monotonic() - started, 6), "error": error},
                 pid,
             )

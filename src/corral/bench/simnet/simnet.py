@@ -26,7 +26,12 @@ from typing import Any, TypeVar
 from pyroute2.netlink.exceptions import NetlinkError
 
 from corral.bench.simnet.certs import make_ca_and_leaf
-from corral.bench.simnet.network import create_bridge, create_host, delete_link
+from corral.bench.simnet.network import (
+    BRIDGE_ADDRESSES,
+    create_bridge,
+    create_host,
+    delete_link,
+)
 from corral.bench.simnet.servers import (
     CountingDatagram,
     HostCounter,
@@ -113,6 +118,11 @@ class SimNet:
         self._bridge_made = False
 
     # --- public helpers ------------------------------------------------------------
+
+    @property
+    def bridge_address(self) -> str:
+        """This machine's own address on the simulated net (never a test host)."""
+        return BRIDGE_ADDRESSES[0]
 
     @property
     def dns_server(self) -> str:
