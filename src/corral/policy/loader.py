@@ -7,6 +7,7 @@ line, profile or flag), the field and the problem; nothing is started on error.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -53,7 +54,8 @@ def _read_source(source: str | Path | None) -> tuple[str, dict[str, Any], yaml.N
         source = "default"
     text = str(source)
     if isinstance(source, str) and text in PROFILE_NAMES:
-        return _load_yaml(f"profile '{text}'", _profile_text(text))
+        label, data, document = _parsed_profile(text)
+        return label, copy.deepcopy(data), document
     path = Path(text)
     if not path.exists():
         hint = f" (built-in profiles: {', '.join(PROFILE_NAMES)})" if "/" not in text else ""
@@ -77,8 +79,14 @@ def _read_source(source: str | Path | None) -> tuple[str, dict[str, Any], yaml.N
     return label, _deep_merge(base, data), document
 
 
+@functools.cache
 def _profile_text(name: str) -> str:
     return resources.files("corral.policy").joinpath(f"profiles/{name}.yaml").read_text("utf-8")
+
+
+@functools.cache
+def _parsed_profile(name: str) -> tuple[str, dict[str, Any], yaml.Node | None]:
+    return _load_yaml(f"profile '{name}'", _profile_text(name))
 
 
 def _load_yaml(label: str, body: str) -> tuple[str, dict[str, Any], yaml.Node | None]:

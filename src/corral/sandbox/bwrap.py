@@ -77,6 +77,8 @@ class BwrapParams:
     host_root: str = "/"
     # Paths to mask, each with whether it is a directory (resolved on the host by the caller).
     hidden: tuple[tuple[str, bool], ...] = ()
+    # A prepared directory holding the /etc allowlist (see etcview); None binds entry by entry.
+    etc_view: str | None = None
 
 
 def build_argv(p: BwrapParams) -> list[str]:
@@ -110,8 +112,11 @@ def build_argv(p: BwrapParams) -> list[str]:
             argv += ["--symlink", str(host.readlink()), f"/{name}"]
         elif host.is_dir():
             argv += ["--ro-bind", str(host), f"/{name}"]
-    for name in ETC_ALLOWLIST:
-        argv += ["--ro-bind-try", str(root / "etc" / name), f"/etc/{name}"]
+    if p.etc_view is not None:
+        argv += ["--ro-bind", p.etc_view, "/etc"]
+    else:
+        for name in ETC_ALLOWLIST:
+            argv += ["--ro-bind-try", str(root / "etc" / name), f"/etc/{name}"]
     for bind in fs.read_only:
         argv += ["--ro-bind", bind.source, bind.dest]
     argv += ["--proc", "/proc", "--dev", "/dev"]

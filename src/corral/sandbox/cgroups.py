@@ -58,6 +58,17 @@ def _keyed(text: str) -> dict[str, int]:
     return out
 
 
+def _keyed_fast(path: str) -> dict[str, int]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    try:
+        return _keyed(os.read(fd, 4096).decode())
+    finally:
+        os.close(fd)
+
+
 def _cgroup_mounts() -> tuple[str | None, dict[str, Path]]:
     """(v2 mount point or None, v1 controller -> mount point) from mountinfo."""
     v2: str | None = None
@@ -119,6 +130,16 @@ class Cgroup:
     def pids(self) -> list[int]:
         text = _read(Path(self._dir("pids")) / "cgroup.procs")
         return [int(x) for x in text.split()]
+
+    def counters(self) -> tuple[int, int]:
+        """(OOM kills, refused forks) so far: cheap enough to read after every command."""
+        if self.version == 2:
+            d = self.dirs["unified"]
+            events, pids = d / "memory.events", d / "pids.events"
+        else:
+            events = self.dirs["memory"] / "memory.oom_control"
+            pids = self.dirs["pids"] / "pids.events"
+        return _keyed_fast(str(events)).get("oom_kill", 0), _keyed_fast(str(pids)).get("max", 0)
 
     def stats(self) -> CgroupStats:
         if self.version == 2:

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from corral.errors import SandboxUnavailable
 from corral.sandbox import gc
 from corral.sandbox.cgroups import CgroupManager
-from corral.sandbox.initbin import bwrap_binary, init_binary
+from corral.sandbox.etcview import etc_view
+from corral.sandbox.initbin import LIB_DIR, bwrap_binary, init_binary
 from corral.sandbox.seccomp import filter_bytes
 from corral.sandbox.state import StateDir
 
@@ -21,6 +22,7 @@ class Host:
     bwrap: str
     cgroups: CgroupManager
     state: StateDir
+    etc_view: str
 
 
 @functools.cache
@@ -31,7 +33,9 @@ def host() -> Host:
             "Corral must run as root: it creates cgroups and drops each sandbox to its own uid"
         )
     filter_bytes()  # fail now, not at the first sandbox, if libseccomp is missing
-    h = Host(init_binary(), bwrap_binary(), CgroupManager(), StateDir())
+    h = Host(
+        init_binary(), bwrap_binary(), CgroupManager(), StateDir(), str(etc_view(LIB_DIR / "etc"))
+    )
     # Each sandbox holds a handful of pipes; hundreds at once need more than 1024 fds.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from corral.errors import SandboxUnavailable
 
-BIN_DIR = Path(os.environ.get("CORRAL_LIB_DIR", "/var/lib/corral")) / "bin"
+LIB_DIR = Path(os.environ.get("CORRAL_LIB_DIR", "/var/lib/corral"))
+BIN_DIR = LIB_DIR / "bin"
 
 
 def _source() -> bytes:

@@ -142,18 +142,42 @@ def _unreachable_by_others(path: Path) -> str | None:
     return None
 
 
-def _host_pid_of(cgroup: Cgroup, ns_pid: int) -> int | None:
-    """Map a pid seen inside the sandbox to the host pid, via the cgroup's member list."""
+def _read_proc(path: str) -> bytes:
+    """One small /proc read without pathlib's overhead (this is on every exec's path)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, 65536)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def _ns_pid(host_pid: int) -> int | None:
+    for line in _read_proc(f"/proc/{host_pid}/status").splitlines():
+        if line.startswith(b"NSpid:"):
+            fields = line.split()
+            return int(fields[-1]) if len(fields) > 2 else None
+    return None
+
+
+def _host_pid_of(init_pid: int | None, cgroup: Cgroup, ns_pid: int) -> int | None:
+    """Map a pid seen inside the sandbox to its host pid.
+
+    The supervisor forks every command, so the answer is almost always among its
+    newest children; the cgroup's member list is the slow, complete fallback.
+    """
+    if init_pid is not None:
+        children = _read_proc(f"/proc/{init_pid}/task/{init_pid}/children").split()
+        for raw in reversed(children):
+            if _ns_pid(int(raw)) == ns_pid:
+                return int(raw)
     for pid in cgroup.pids():
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("NSpid:"):
-                if int(line.split()[-1]) == ns_pid and len(line.split()) > 2:
-                    return pid
-                break
+        if _ns_pid(pid) == ns_pid:
+            return pid
     return None
 
 
@@ -184,6 +208,9 @@ class AsyncSandbox:
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background_tasks: set[asyncio.Future[None]] = set()
+        # Pipe transports own the pipes' fds: they must be closed through the loop, or a
+        # reused fd number stays silently unregistered in the selector.
+        self._transports: list[asyncio.BaseTransport] = []
         self._jobs: dict[int, _Job] = {}
         self._next_job = 1
         self._next_step = 0
@@ -194,7 +221,8 @@ class AsyncSandbox:
         self._attachment: NetworkAttachment | None = None
         self._stderr_tail = bytearray()
         self._ready: asyncio.Future[None] | None = None
-        self._last_stats = CgroupStats(0.0, 0, 0, 0)
+        self._last_oom_kills = 0
+        self._last_refused_forks = 0
         self.init_pid: int | None = None
         self.created_at = time.time()
 
@@ -305,6 +333,7 @@ class AsyncSandbox:
                 info_fd=info_write,
                 data_files=tuple(data_files),
                 joined_netns=netns is not None,
+                etc_view=self._host.etc_view,
                 hidden=hidden,
             )
             launch = [self._host.init, "launch", "--uid", str(self.uid), "--gid", str(self.uid)]
@@ -327,12 +356,14 @@ class AsyncSandbox:
                 os.close(fd)
         loop = asyncio.get_running_loop()
         self._reader = asyncio.StreamReader(limit=2**20)
-        await loop.connect_read_pipe(
+        read_transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(self._reader), self._proc.stdout
         )
+        self._transports.append(read_transport)
         transport, proto = await loop.connect_write_pipe(
             lambda: asyncio.streams.FlowControlMixin(), self._proc.stdin
         )
+        self._transports.append(transport)
         self._writer = asyncio.StreamWriter(transport, proto, None, loop)
         self._ready = loop.create_future()
         self._close_done = asyncio.Event()
@@ -410,8 +441,12 @@ class AsyncSandbox:
         for job in list(self._jobs.values()):
             if not job.future.done():
                 job.future.set_result(None)
-        if self._writer is not None:
-            self._writer.close()
+        for transport in self._transports:
+            transport.close()  # unregisters from the selector before the fd is closed
+        if self._proc is not None:
+            for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+                if stream is not None:
+                    stream.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -448,10 +483,6 @@ class AsyncSandbox:
         self._cgroup.kill_all()  # anything left (init never started, or a wedged bwrap)
         if self._proc is not None:
             self._proc.wait(timeout=10)
-            for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
-                if stream is not None:
-                    with contextlib.suppress(OSError):
-                        stream.close()
         return stats
 
     def _teardown_host_state(self) -> None:
@@ -506,7 +537,7 @@ class AsyncSandbox:
             if job is None:
                 return
             job.ns_pid = ns_pid
-            job.host_pid = _host_pid_of(self._cgroup, ns_pid)
+            job.host_pid = _host_pid_of(self.init_pid, self._cgroup, ns_pid)
             if not job.internal:
                 self._emit(
                     EventKind.EXEC_START, step=job.step, pid=job.host_pid,
@@ -525,7 +556,10 @@ class AsyncSandbox:
         reader = asyncio.StreamReader()
         loop = asyncio.get_running_loop()
         stderr = self._proc.stderr
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stderr)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), stderr
+        )
+        self._transports.append(transport)
         while chunk := await reader.read(4096):
             self._stderr_tail.extend(chunk)
             del self._stderr_tail[:-8192]
@@ -650,31 +684,31 @@ class AsyncSandbox:
         status = frame.wait_status
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + (sig or 0)
-        stats = self._cgroup.stats()
+        oom_kills, refused_forks = self._cgroup.counters()
         kill: KillReason | None = None
         if frame.flags & wire.FLAG_TIMED_OUT:
             kill = KillReason.TIMEOUT
             self._emit(EventKind.LIMIT_HIT, step=job.step, pid=job.host_pid,
                        data={"limit": "command_timeout", "value": job.timeout,
                              "elapsed": round(time.monotonic() - job.started, 3)})
-        elif sig == signal.SIGKILL and stats.oom_kills > self._last_stats.oom_kills:
+        elif sig == signal.SIGKILL and oom_kills > self._last_oom_kills:
             kill = KillReason.MEMORY
             self._emit(EventKind.LIMIT_HIT, step=job.step, pid=job.host_pid,
                        data={"limit": "memory", "value": self.policy.resources.memory})
         if kill is not None:
             self._emit(EventKind.KILL, step=job.step, pid=job.host_pid,
                        data={"reason": str(kill), "scope": "command"})
-        if stats.pids_max_hits > self._last_stats.pids_max_hits:
+        if refused_forks > self._last_refused_forks:
             self._emit(EventKind.LIMIT_HIT, step=job.step, pid=job.host_pid,
                        data={"limit": "pids", "value": self.policy.resources.pids,
-                             "refused_forks": stats.pids_max_hits - self._last_stats.pids_max_hits})
+                             "refused_forks": refused_forks - self._last_refused_forks})
         truncated = bool(frame.flags & wire.FLAG_TRUNCATED)
         if truncated:
             self._emit(EventKind.LIMIT_HIT, step=job.step, pid=job.host_pid,
                        data={"limit": "output_cap", "value": self.policy.resources.output_cap,
                              "bytes": frame.out_total + frame.err_total})
         self._check_disk(job)
-        self._last_stats = stats
+        self._last_oom_kills, self._last_refused_forks = oom_kills, refused_forks
         result = ExecResult(
             exit_code=code,
             stdout=out.decode(errors="replace"),

@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Sandbox benchmark: latency against bare baselines measured in the same run, concurrency,
+and leftovers after many cycles and after a SIGKILLed owner. Prints one JSON object.
+
+Run as root:  python bench/sandbox.py [--samples 200] [--concurrent 200] [--cycles 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from corral.policy import load_policy
+from corral.sandbox import AsyncSandbox, Sandbox, collect
+from corral.sandbox.host import host
+from corral.sandbox.state import BASE_UID
+
+TRUE = "/usr/bin/true"
+BARE_BWRAP = ["bwrap", "--unshare-all", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib",
+              "/lib", "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/bin", "/bin",
+              "--proc", "/proc", "--dev", "/dev", "--", TRUE]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"p50_ms": round(pct(values, 0.5) * 1e3, 3), "p95_ms": round(pct(values, 0.95) * 1e3, 3)}
+
+
+def timed(fn: Callable[[], object], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def latency(samples: int) -> dict[str, Any]:
+    policy = load_policy("default")
+    Sandbox.create(policy).close()  # warm caches: seccomp filter, supervisor binary, imports
+    bare_subprocess = timed(lambda: subprocess.run([TRUE], check=True), samples)
+    bare_bwrap = timed(lambda: subprocess.run(BARE_BWRAP, check=True), samples)
+    create, first, close = [], [], []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        sb = Sandbox.create(policy)
+        t1 = time.perf_counter()
+        sb.exec([TRUE])
+        t2 = time.perf_counter()
+        sb.close()
+        t3 = time.perf_counter()
+        create.append(t1 - t0)
+        first.append(t2 - t0)
+        close.append(t3 - t2)
+    with Sandbox.create(policy) as sb:
+        warm_exec = timed(lambda: sb.exec([TRUE]), samples)
+        warm_shell = timed(lambda: sb.exec("true"), samples)
+    bare_shell = timed(lambda: subprocess.run(["/bin/bash", "-c", "true"], check=True), samples)
+    med = statistics.median
+    return {
+        "samples": samples,
+        "bare_subprocess_true": summary(bare_subprocess),
+        "bare_subprocess_bash_c": summary(bare_shell),
+        "bare_bwrap_true": summary(bare_bwrap),
+        "create": summary(create),
+        "create_plus_first_exec": summary(first),
+        "warm_exec_true": summary(warm_exec),
+        "warm_exec_bash_c": summary(warm_shell),
+        "close": summary(close),
+        "ratios": {
+            "create_plus_first_exec_vs_bare_bwrap_p50": round(med(first) / med(bare_bwrap), 2),
+            "warm_exec_vs_bare_subprocess_p50": round(med(warm_exec) / med(bare_subprocess), 2),
+            "warm_bash_c_vs_bare_bash_c_p50": round(med(warm_shell) / med(bare_shell), 2),
+        },
+    }
+
+
+def sandbox_processes() -> list[psutil.Process]:
+    out = []
+    for proc in psutil.process_iter(["uids"]):
+        uids = proc.info["uids"]
+        if uids is not None and uids.real >= BASE_UID:
+            out.append(proc)
+    return out
+
+
+async def concurrency(n: int) -> dict[str, Any]:
+    policy = load_policy("strict")
+    owner = psutil.Process()
+    rss_before = owner.memory_info().rss
+    gate = asyncio.Semaphore(16)  # bound start-up bursts on 2 cores, not the number alive
+
+    async def start() -> AsyncSandbox:
+        async with gate:
+            return await AsyncSandbox.create(policy)
+
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(start() for _ in range(n)), return_exceptions=True)
+    sandboxes = [r for r in results if isinstance(r, AsyncSandbox)]
+    failures = [repr(r) for r in results if not isinstance(r, AsyncSandbox)]
+    started = time.perf_counter() - t0
+    execs = await asyncio.gather(*(sb.exec("echo ok") for sb in sandboxes),
+                                 return_exceptions=True)
+    exec_failures = [r for r in execs if not (hasattr(r, "stdout") and r.stdout == "ok\n")]
+    alive = len(sandboxes)
+    pss = 0
+    for proc in sandbox_processes():
+        try:
+            pss += proc.memory_full_info().pss
+        except psutil.Error:
+            continue
+    owner_delta = owner.memory_info().rss - rss_before
+    await asyncio.gather(*(sb.close() for sb in sandboxes))
+    return {
+        "requested": n,
+        "alive_at_once": alive,
+        "create_failures": len(failures),
+        "exec_failures": len(exec_failures),
+        "first_failures": failures[:3],
+        "start_all_s": round(started, 2),
+        "host_pss_per_sandbox_kib": round(pss / max(alive, 1) / 1024, 1),
+        "owner_rss_per_sandbox_kib": round(owner_delta / max(alive, 1) / 1024, 1),
+    }
+
+
+def leftovers() -> dict[str, int]:
+    h = host()
+    mounts = Path("/proc/self/mountinfo").read_text()
+    netns = Path("/run/netns")
+    return {
+        "processes": len(sandbox_processes()),
+        "cgroups": len(h.cgroups.names()),
+        "records": len(h.state.records()),
+        "uid_slots": len(h.state.slots()),
+        "mounts": sum(1 for line in mounts.splitlines() if "corral" in line),
+        "netns": len([p for p in netns.iterdir() if "corral" in p.name]) if netns.exists() else 0,
+        "temp_dirs": len([p for p in Path("/tmp").iterdir() if p.name.startswith("corral")]),
+    }
+
+
+def cycles(n: int) -> dict[str, Any]:
+    policy = load_policy("strict")
+    failures = 0
+    t0 = time.perf_counter()
+    for _ in range(n):
+        try:
+            with Sandbox.create(policy) as sb:
+                sb.exec("sleep 100 & true")
+        except OSError:
+            failures += 1
+    elapsed = time.perf_counter() - t0
+    time.sleep(0.5)  # zombies of the sandboxes' outer processes are reaped asynchronously
+    return {"cycles": n, "failures": failures, "seconds": round(elapsed, 1),
+            "leftovers": leftovers()}
+
+
+OWNER = """
+import sys
+from corral.sandbox import Sandbox
+boxes = [Sandbox.create("strict") for _ in range(5)]
+for b in boxes:
+    b.exec("setsid nohup sleep 1000 > /dev/null 2>&1 &")
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def killed_owner() -> dict[str, Any]:
+    proc = subprocess.Popen([sys.executable, "-c", OWNER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    before = leftovers()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    report = collect()
+    time.sleep(0.5)
+    return {"before_gc": before, "gc_removed": len(report.sandboxes), "after_gc": leftovers()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--concurrent", type=int, default=200)
+    parser.add_argument("--cycles", type=int, default=1000)
+    args = parser.parse_args()
+    out = {
+        "benchmark": "sandbox",
+        "machine": {"cpus": os.cpu_count(), "cgroup_version": host().cgroups.version},
+        "latency": latency(args.samples),
+        "concurrency": asyncio.run(concurrency(args.concurrent)),
+        "cycles": cycles(args.cycles),
+        "killed_owner": killed_owner(),
+    }
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
