@@ -88,3 +88,13 @@ def test_policy_check_and_show(tmp_path: Path) -> None:
 def test_setup_reports_host_mechanisms() -> None:
     r = corral("setup")
     assert r.returncode == 0 and "bubblewrap" in r.stdout and "cgroups:    v" in r.stdout
+
+
+def test_demo_contains_every_attempt(tmp_path: Path) -> None:
+    r = corral("demo", "--events-dir", str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ESCAPED" not in r.stdout and r.stdout.count("contained") >= 10
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    steps = {e["step"] for e in events if e["kind"] == "exec.start"}
+    assert steps == set(range(9))
+    assert all(e["episode_id"] == "demo" for e in events)

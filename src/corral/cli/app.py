@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -40,6 +41,19 @@ def gc() -> None:
         f"removed {len(report.sandboxes)} sandbox(es), {len(report.cgroups)} orphan cgroup(s), "
         f"{len(report.slots)} uid slot(s); killed {report.processes_killed} process(es)"
     )
+
+
+@app.command()
+def demo(
+    events_dir: Annotated[
+        Path | None, typer.Option(help="Where to write the demo's events.jsonl.")
+    ] = None,
+) -> None:
+    """Show an agent's escape attempts being contained, step by step."""
+    from .demo_cmd import run_demo
+
+    escaped = run_demo(events_dir)
+    raise typer.Exit(1 if escaped else 0)
 
 
 @app.command()
