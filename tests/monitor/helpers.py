@@ -10,14 +10,14 @@ from pathlib import Path
 
 from corral.events import Event, EventKind, MemorySink
 from corral.monitor import Monitor
-from corral.monitor.testing import LocalSandbox
+from corral.monitor.testing import BURNER_CODE, SIMULATED_MINER, SIMULATED_POOL, LocalSandbox
 from corral.policy import Action, Policy, ResponsePolicy
 
-# A bounded CPU burner: the simulated miner. It never touches the network.
-BURNER = "import time\nt = time.time()\nwhile time.time() - t < 20: pass"
-POOL = "stratum+tcp://pool.sim.test:3333"
+# The simulated miner (a bounded CPU burner) and a pool URL nothing connects to.
+BURNER = BURNER_CODE
+POOL = SIMULATED_POOL
 # The sandbox uid cannot reach the test runner's own interpreter (under /root).
-PYTHON = "/usr/bin/python3"
+PYTHON = SIMULATED_MINER[0]
 
 
 @dataclass

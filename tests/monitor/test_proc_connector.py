@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import struct
 import subprocess
@@ -21,7 +22,8 @@ from corral.monitor.proc_connector import (
     What,
     parse_datagram,
 )
-from corral.monitor.process_table import ExecNotice, ExitNotice, ProcessTable
+from corral.monitor.process_table import ExecNotice, ExitNotice, LostNotice, ProcessTable
+from corral.monitor.process_watcher import ProcessWatcher
 from corral.monitor.procfs import read_argv
 from corral.monitor.testing import LocalSandbox
 from tests.monitor.helpers import alive, wait_for
@@ -112,3 +114,22 @@ async def test_resync_finds_what_lost_events_hid() -> None:
         assert [n.record.pid for n in notices if isinstance(n, ExitNotice)] == [pid]
     finally:
         await sb.close()
+
+
+async def test_watcher_reports_lost_events_and_resyncs() -> None:
+    delivered: list = []
+    table = ProcessTable()
+    watcher = ProcessWatcher(table, delivered.extend, rcvbuf=65536)
+    watcher.start()
+    try:
+        # While the table is locked the reader is stuck on its first event, as if
+        # descheduled, and the kernel's queue overflows during a burst.
+        with table.lock:
+            burst = await asyncio.create_subprocess_exec(
+                "/bin/sh", "-c", "i=0; while [ $i -lt 400 ]; do /bin/true & i=$((i+1)); done; wait"
+            )
+            await burst.wait()
+        await wait_for(lambda: [n for n in delivered if isinstance(n, LostNotice)])
+        assert watcher.overflows >= 1
+    finally:
+        watcher.stop()

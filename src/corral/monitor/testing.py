@@ -25,6 +25,12 @@ from corral.monitor import procfs
 from corral.policy import Policy
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+# The simulated miner: a CPU burner bounded to 20 s, given a pool URL in argv
+# that nothing ever connects to. The system python, so any uid can run it.
+BURNER_CODE = "import time\nt = time.time()\nwhile time.time() - t < 20: pass"
+SIMULATED_POOL = "stratum+tcp://pool.sim.test:3333"
+SIMULATED_MINER = ["/usr/bin/python3", "-c", BURNER_CODE, SIMULATED_POOL]
 # Far above the sandbox's own uid slots (2_100_000_000 + up to 40_000), per process.
 _UID_BASE = 2_100_050_000
 _uid_counter = itertools.count()
