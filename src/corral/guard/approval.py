@@ -1,0 +1,124 @@
+"""Who answers an ``ask`` verdict: a person at a terminal, a function, or a webhook.
+
+Every approver fails closed: only an explicit yes approves. EOF, a timeout, a
+bad reply or a transport error all mean no. An exception raised by a user
+callback propagates, so the command still does not run.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol, TextIO, runtime_checkable
+
+from rich.console import Console
+from rich.prompt import Confirm
+
+from corral.errors import CorralError
+
+if TYPE_CHECKING:
+    from corral.guard.decision import Decision
+
+_MAX_REPLY = 64 * 1024
+
+
+class ApprovalError(CorralError):
+    """An approver could not give an answer; the guard treats it as a deny."""
+
+
+@runtime_checkable
+class Approver(Protocol):
+    def approve(self, decision: Decision) -> bool:
+        """True only to let the command run."""
+        ...
+
+
+class CallbackApprover:
+    """Asks a Python function. Anything but ``True`` is a no."""
+
+    def __init__(self, callback: Callable[[Decision], bool]) -> None:
+        self._callback = callback
+
+    def approve(self, decision: Decision) -> bool:
+        return self._callback(decision) is True
+
+
+class CliApprover:
+    """Shows the findings and asks y/N on ``stream`` (stdin by default). EOF means no."""
+
+    def __init__(self, stream: TextIO | None = None, console: Console | None = None) -> None:
+        self._stream = stream
+        self._console = console or Console(stderr=True)
+
+    def approve(self, decision: Decision) -> bool:
+        con = self._console
+        con.print(f"[bold yellow]Guard asks about:[/] {decision.command}", markup=True,
+                  highlight=False)  # fmt: skip
+        for f in decision.findings:
+            con.print(f"  - {f.rule_id} ({f.category}, {f.severity}, {f.attack}): {f.explanation}",
+                      markup=False, highlight=False)  # fmt: skip
+        answer = Confirm.ask("Allow this command?", console=con, default=False,
+                             stream=self._stream)  # fmt: skip
+        return answer is True
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        # A redirect could send the decision elsewhere or turn the POST into a GET.
+        return None
+
+
+class WebhookApprover:
+    """POSTs ``{"decision": {...}}`` as JSON and expects ``{"approve": true|false}``.
+
+    Only http/https URLs; no proxies from the environment and no redirects, so
+    the decision goes exactly where configured. Any failure is a no.
+    """
+
+    def __init__(
+        self, url: str, *, timeout: float = 10.0, headers: Mapping[str, str] | None = None
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"webhook url must be http:// or https://, got {url!r}")
+        if not 0 < timeout <= 300:
+            raise ValueError("webhook timeout must be more than 0 and at most 300 seconds")
+        self.url = url
+        self.timeout = timeout
+        self.headers = dict(headers or {})
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
+        self.last_error: str | None = None
+
+    def approve(self, decision: Decision) -> bool:
+        try:
+            return self._ask(decision)
+        except ApprovalError as exc:
+            self.last_error = str(exc)
+            return False
+
+    def _ask(self, decision: Decision) -> bool:
+        body = json.dumps({"decision": decision.to_dict()}).encode("utf-8")
+        request = urllib.request.Request(
+            self.url,
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", **self.headers},
+        )
+        try:
+            with self._opener.open(request, timeout=self.timeout) as response:
+                if response.status != 200:
+                    raise ApprovalError(f"webhook answered HTTP {response.status}")
+                raw = response.read(_MAX_REPLY + 1)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            # URLError/HTTPError, timeouts, refused connections, bad URLs.
+            raise ApprovalError(f"webhook failed: {exc}") from exc
+        if len(raw) > _MAX_REPLY:
+            raise ApprovalError("webhook reply too large")
+        try:
+            reply = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ApprovalError(f"webhook reply is not JSON: {exc}") from exc
+        if not isinstance(reply, dict) or not isinstance(reply.get("approve"), bool):
+            raise ApprovalError('webhook reply must be {"approve": true|false}')
+        return reply["approve"]

@@ -1,0 +1,709 @@
+"""Shell command → flat list of :class:`Invocation` records.
+
+Three front ends feed one builder:
+
+* the fast tokenizer, for plain commands (words, pipes, lists, redirections),
+  where the bashlex AST would be the token list anyway;
+* bashlex, for everything else (subshells, loops, functions, substitutions,
+  here-docs);
+* the conservative tokenizer again, when bashlex rejects valid syntax
+  (``[[ ]]``, ``case``, arrays, ``time``); the result is marked ``fallback``.
+
+The builder then follows what would run: ``VAR=value`` indirection, wrappers
+(``sudo``, ``env``, ``timeout``, ``xargs``, ...), ``bash -c``/``eval``/``ssh host
+cmd`` strings, interpreter payloads (``python -c``, ``perl -e``, ...), here-docs
+and literals piped into shells, and base64/hex decoding done in the pipeline.
+Anything it cannot read is reported in ``ParsedCommand.unparsable``; the engine
+turns that into the policy's verdict, never into a silent allow.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass, field
+
+import bashlex
+import bashlex.errors
+
+from corral.guard import wrappers
+from corral.guard.invocation import Invocation, ParsedCommand, ParseMode, Redirect, Source
+from corral.guard.lexer import LexError, Redir, Token, Word, decode_ansi_c, tokenize
+
+MAX_DEPTH = 8  # nested payloads (bash -c inside eval inside ...) beyond this are unparsable
+MAX_LENGTH = 64 * 1024  # longer commands are refused as unparsable rather than scanned slowly
+
+_VAR = re.compile(r"\$(?:\{([A-Za-z_]\w*)\}|([A-Za-z_]\w*))")
+_ASSIGN = re.compile(r"^([A-Za-z_]\w*)(?:\[[^\]]*\])?\+?=(.*)\Z", re.S)
+_QUOTED_DELIM = re.compile(r"<<(-?)[ \t]*(['\"])([\w.-]+)\2")
+_DECLARERS = frozenset({"export", "declare", "typeset", "local", "readonly"})
+# Errors bashlex raises on input it does not support (it has no common base class).
+_BASHLEX_ERRORS = (
+    bashlex.errors.ParsingError,
+    NotImplementedError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    TypeError,
+    ValueError,
+    AssertionError,
+    RecursionError,
+)
+
+
+@dataclass(slots=True)
+class _Simple:
+    """A simple command before expansion, from either front end."""
+
+    words: list[str]
+    assignments: list[str]
+    redirects: list[Redir]
+    subs: list[str]
+    first_word_sub: bool = False  # argv[0] is a substitution: its output runs as a command
+    pipes: list[tuple[int, int]] = field(default_factory=list)  # (pipeline id, position)
+    background: bool = False
+    in_loop: bool = False
+    infinite_loop: bool = False
+
+
+@dataclass(slots=True)
+class _Expanded:
+    simple: _Simple
+    argv: list[str]
+    assignments: list[str]
+    redirects: list[Redirect]
+    programs: frozenset[str]
+    stdin: tuple[str, str] | None = None  # (label, literal text) flowing in from the pipeline
+    stdout: tuple[str, str] | None = None
+    up: frozenset[str] = frozenset()  # programs before it in its pipelines
+    down: frozenset[str] = frozenset()  # programs after it (or a shell reading its output)
+
+
+class _Ids:
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def next(self) -> int:
+        self.n += 1
+        return self.n
+
+
+# --- front end 1: tokens ---------------------------------------------------------
+
+
+def _from_tokens(tokens: list[Token], ids: _Ids) -> list[_Simple]:
+    """Group tokens into simple commands. Reserved words are skipped, loops tracked."""
+    out: list[_Simple] = []
+    cur: _Simple | None = None
+    pipeline: list[_Simple] = []
+    pid = ids.next()
+    pos = 0
+    loops: list[bool] = []  # one entry per open do...done, True when infinite
+    pending_loop: str | None = None  # "while"/"until"/"for" seen, waiting for do
+    pending_infinite = False
+    skip_until: str | None = None  # skip words of a for/case header up to this word
+
+    def finish_command() -> None:
+        nonlocal cur, pos
+        if cur is not None:
+            cur.pipes.append((pid, pos))
+            cur.in_loop = bool(loops)
+            cur.infinite_loop = any(loops)
+            out.append(cur)
+            pipeline.append(cur)
+            cur = None
+
+    def finish_pipeline(background: bool) -> None:
+        nonlocal pid, pos
+        finish_command()
+        if background:
+            for s in pipeline:
+                s.background = True
+        pipeline.clear()
+        pid = ids.next()
+        pos = 0
+
+    for tok in tokens:
+        if tok.kind == "op":
+            if tok.op in ("|", "|&"):
+                finish_command()
+                pos += 1
+            else:
+                finish_pipeline(tok.op == "&")
+            continue
+        if skip_until is not None:
+            if tok.kind == "word" and tok.word is not None and tok.word.text == skip_until:
+                skip_until = None
+                if pending_loop is not None:
+                    loops.append(pending_infinite)
+                    pending_loop = None
+            continue
+        if tok.kind == "redir":
+            if cur is None:
+                cur = _Simple([], [], [], [])
+            if tok.redir is not None:
+                cur.redirects.append(tok.redir)
+                cur.subs.extend(tok.redir.subs)
+            continue
+        word = tok.word
+        if word is None:
+            continue
+        if cur is None or not cur.words:
+            text = word.text
+            if cur is None and text in ("while", "until"):
+                pending_loop, pending_infinite = text, False
+                continue
+            if cur is None and text in ("for", "select"):
+                pending_loop, pending_infinite, skip_until = text, False, "do"
+                continue
+            if cur is None and text == "case":
+                skip_until = "in"
+                continue
+            if cur is None and text == "do":
+                if pending_loop is not None:
+                    loops.append(pending_infinite)
+                    pending_loop = None
+                continue
+            if cur is None and text == "done":
+                if loops:
+                    loops.pop()
+                continue
+            if cur is None and text in (
+                "if", "then", "else", "elif", "fi", "esac", "{", "}", "!", "time", "coproc",
+                "function", "in",
+            ):  # fmt: skip
+                continue
+            if cur is None:
+                cur = _Simple([], [], [], [])
+            if not cur.words and _ASSIGN.match(text):
+                cur.assignments.append(text)
+                cur.subs.extend(word.subs)
+                continue
+            if (pending_loop == "while" and text in ("true", ":")) or (
+                pending_loop == "until" and text == "false"
+            ):
+                pending_infinite = True
+            cur.first_word_sub = bool(word.subs)
+        cur.words.append(word.text)
+        cur.subs.extend(word.subs)
+    finish_pipeline(False)
+    return out
+
+
+# --- front end 2: bashlex ---------------------------------------------------------
+
+
+class _Walker:
+    """Turns a bashlex AST into simple commands; substitutions are kept as source text."""
+
+    def __init__(self, text: str, ids: _Ids) -> None:
+        self.text = text
+        self.ids = ids
+        self.out: list[_Simple] = []
+
+    def sub_text(self, node: bashlex.ast.node) -> str:
+        raw = self.text[node.pos[0] : node.pos[1]]
+        if raw.startswith(("$(", "<(", ">(")):
+            return raw[2:-1]
+        if raw.startswith("`"):
+            return raw[1:-1]
+        return raw
+
+    def word_subs(self, node: bashlex.ast.node) -> list[str]:
+        found: list[str] = []
+        for part in getattr(node, "parts", []) or []:
+            if part.kind in ("commandsubstitution", "processsubstitution"):
+                found.append(self.sub_text(part))
+            else:
+                found.extend(self.word_subs(part))
+        return found
+
+    def walk(self, node: bashlex.ast.node, loop: tuple[bool, bool]) -> list[_Simple]:
+        """Walk ``node``; returns the simple commands it produced (also appended to out)."""
+        kind = node.kind
+        if kind == "command":
+            return [self.command(node, loop)]
+        made: list[_Simple] = []
+        if kind == "list":
+            prev: list[_Simple] = []
+            for part in node.parts:
+                if part.kind == "operator":
+                    if part.op == "&":
+                        for s in prev:
+                            s.background = True
+                    continue
+                prev = self.walk(part, loop)
+                made.extend(prev)
+            return made
+        if kind == "pipeline":
+            pid = self.ids.next()
+            index = 0
+            for part in node.parts:
+                if part.kind == "pipe":
+                    index += 1
+                    continue
+                for s in self.walk(part, loop):
+                    s.pipes.append((pid, index))
+                    made.append(s)
+            return made
+        if kind in ("while", "until", "for"):
+            infinite = False
+            parts = node.parts
+            if kind in ("while", "until"):
+                words = _condition_words(parts[1]) if len(parts) > 1 else []
+                endless = (["true"], [":"]) if kind == "while" else (["false"],)
+                infinite = words in endless
+            inner = (True, loop[1] or infinite)
+            in_body = False  # the condition and the item list are not the loop body
+            for part in parts:
+                if part.kind == "reservedword":
+                    in_body = in_body or part.word == "do"
+                elif part.kind == "word":  # for-loop items may hold substitutions
+                    for sub in self.word_subs(part):
+                        carrier = _Simple([], [], [], [sub], in_loop=loop[0])
+                        self.out.append(carrier)
+                        made.append(carrier)
+                elif part.kind != "operator":
+                    made.extend(self.walk(part, inner if in_body else loop))
+            return made
+        if kind == "compound":
+            for part in node.list:
+                if part.kind not in ("reservedword", "operator"):
+                    made.extend(self.walk(part, loop))
+            for redirect in getattr(node, "redirects", []) or []:
+                redir = self.redirect(redirect)
+                for s in made:
+                    s.redirects.append(redir)
+            return made
+        if kind == "function":
+            return self.walk(node.body, loop)
+        for part in getattr(node, "parts", []) or []:
+            if part.kind not in ("reservedword", "operator", "pipe"):
+                made.extend(self.walk(part, loop))
+        return made
+
+    def redirect(self, node: bashlex.ast.node) -> Redir:
+        out = node.output
+        fd = node.input if isinstance(node.input, int) else None
+        if isinstance(out, int):
+            return Redir(node.type, str(out), fd)
+        target = out.word if out is not None else ""
+        redir = Redir(node.type, target, fd, subs=self.word_subs(out) if out is not None else [])
+        heredoc = getattr(node, "heredoc", None)
+        if heredoc is not None:
+            value = heredoc.value
+            # bashlex keeps the delimiter line at the end of the body.
+            redir.body = value.rpartition("\n")[0] if "\n" in value else ""
+        return redir
+
+    def command(self, node: bashlex.ast.node, loop: tuple[bool, bool]) -> _Simple:
+        simple = _Simple([], [], [], [], in_loop=loop[0], infinite_loop=loop[1])
+        for part in node.parts:
+            if part.kind == "assignment" and not simple.words:
+                simple.assignments.append(part.word)
+                simple.subs.extend(self.word_subs(part))
+            elif part.kind in ("word", "assignment"):
+                subs = self.word_subs(part)
+                if not simple.words and subs:
+                    simple.first_word_sub = True
+                simple.words.append(part.word)
+                simple.subs.extend(subs)
+            elif part.kind == "redirect":
+                redir = self.redirect(part)
+                simple.redirects.append(redir)
+                simple.subs.extend(redir.subs)
+        self.out.append(simple)
+        return simple
+
+
+def _condition_words(node: bashlex.ast.node) -> list[str]:
+    """Words of a loop condition made of one simple command, else []."""
+    if node.kind == "list":
+        commands = [p for p in node.parts if p.kind != "operator"]
+        if len(commands) != 1:
+            return []
+        node = commands[0]
+    if node.kind != "command":
+        return []
+    return [p.word for p in node.parts if p.kind == "word"]
+
+
+# --- the builder ------------------------------------------------------------------
+
+
+def _subst(text: str, env: dict[str, str]) -> str:
+    if "$" not in text or not env:
+        return text
+    return _VAR.sub(lambda m: env.get(m.group(1) or m.group(2), m.group(0)), text)
+
+
+def _decode_base64(text: str) -> str | None:
+    data = "".join(text.split())
+    if not data:
+        return None
+    data += "=" * (-len(data) % 4)
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        try:
+            raw = base64.urlsafe_b64decode(data)
+        except (binascii.Error, ValueError):
+            return None
+    return raw.decode("utf-8", errors="replace")
+
+
+def _decode_hex(text: str) -> str | None:
+    data = re.sub(r"(?i)\\x|0x|[\s:]", "", text)
+    try:
+        return bytes.fromhex(data).decode("utf-8", errors="replace")
+    except ValueError:
+        return None
+
+
+class Parser:
+    """Parses one command. Use :func:`parse_command`; instances are single-use."""
+
+    def __init__(self, max_depth: int = MAX_DEPTH, *, fast_path: bool = True) -> None:
+        self.max_depth = max_depth
+        self.fast_path = fast_path  # False forces bashlex (tests compare the two)
+        self.invocations: list[Invocation] = []
+        self.sources: list[Source] = []
+        self.modes: set[ParseMode] = set()
+        self.unparsable: list[str] = []
+        self.ids = _Ids()
+
+    # entry ------------------------------------------------------------------
+
+    def parse(self, text: str) -> ParsedCommand:
+        if len(text) > MAX_LENGTH:
+            self.unparsable.append(f"command longer than {MAX_LENGTH} characters")
+        else:
+            self.script(text, "command", 0, frozenset(), {}, feeds_shell=False)
+        if self.unparsable:
+            mode = ParseMode.UNPARSABLE
+        elif ParseMode.FALLBACK in self.modes:
+            mode = ParseMode.FALLBACK
+        elif ParseMode.BASHLEX in self.modes:
+            mode = ParseMode.BASHLEX
+        else:
+            mode = ParseMode.FAST
+        return ParsedCommand(
+            tuple(self.invocations),
+            tuple(self.sources),
+            mode,
+            "; ".join(self.unparsable) if self.unparsable else None,
+        )
+
+    def script(
+        self,
+        text: str,
+        context: str,
+        depth: int,
+        extra_down: frozenset[str],
+        env: dict[str, str],
+        *,
+        feeds_shell: bool,
+        outer: tuple[bool, bool, bool] = (False, False, False),
+    ) -> None:
+        """Parse shell source ``text`` found in ``context`` and record what it runs.
+
+        ``outer`` is (background, in_loop, infinite_loop) of the command that runs
+        this text, so ``for ..; do bash -c "..."; done`` still counts as a loop.
+        """
+        if depth > self.max_depth:
+            self.unparsable.append(f"payloads nested deeper than {self.max_depth} levels")
+            return
+        self.sources.append(Source(text, context))
+        if not text.strip():
+            return
+        simples = self.front_end(text, context)
+        if simples is None:
+            return
+        if any(outer):
+            for simple in simples:
+                simple.background = simple.background or outer[0]
+                simple.in_loop = simple.in_loop or outer[1]
+                simple.infinite_loop = simple.infinite_loop or outer[2]
+        self.build(simples, context, depth, extra_down, env, feeds_shell=feeds_shell)
+
+    def front_end(self, text: str, context: str) -> list[_Simple] | None:
+        tokens: list[Token] | None = None
+        lex_error: LexError | None = None
+        try:
+            lexed = tokenize(text)
+        except LexError as exc:
+            lex_error = exc
+        else:
+            tokens = lexed.tokens
+            if lexed.simple and self.fast_path:
+                self.modes.add(ParseMode.FAST)
+                return _from_tokens(tokens, self.ids)
+        source = text
+        if "<<" in text:
+            # bashlex rejects quoted delimiters (<<'EOF') and wants a final newline.
+            source = _QUOTED_DELIM.sub(r"<<\1\3", text)
+            if not source.endswith("\n"):
+                source += "\n"
+        try:
+            trees = bashlex.parse(source)
+        except _BASHLEX_ERRORS as exc:
+            if tokens is None:
+                self.unparsable.append(f"{context}: {lex_error}; bashlex: {exc}")
+                return None
+            self.modes.add(ParseMode.FALLBACK)
+            return _from_tokens(tokens, self.ids)
+        self.modes.add(ParseMode.BASHLEX)
+        walker = _Walker(source, self.ids)
+        for tree in trees:
+            walker.walk(tree, (False, False))
+        return walker.out
+
+    # building ---------------------------------------------------------------
+
+    def build(
+        self,
+        simples: list[_Simple],
+        context: str,
+        depth: int,
+        extra_down: frozenset[str],
+        env: dict[str, str],
+        *,
+        feeds_shell: bool,
+    ) -> None:
+        expanded: list[_Expanded] = []
+        for simple in simples:
+            argv = [_subst(w, env) for w in simple.words]
+            assigns = [_subst(a, env) for a in simple.assignments]
+            redirects = [
+                Redirect(r.op, _subst(r.target, env), r.fd, r.body) for r in simple.redirects
+            ]
+            if not argv:
+                for a in assigns:  # bare NAME=value persists for later commands
+                    m = _ASSIGN.match(a)
+                    if m:
+                        env[m.group(1)] = m.group(2)
+            elif argv[0] in _DECLARERS:
+                for a in argv[1:]:
+                    m = _ASSIGN.match(a)
+                    if m:
+                        env[m.group(1)] = m.group(2)
+            expanded.append(
+                _Expanded(simple, argv, assigns, redirects, wrappers.program_chain(argv))
+            )
+        self.link_pipelines(expanded, extra_down)
+        for item in expanded:
+            simple = item.simple
+            common = {
+                "redirects": tuple(item.redirects),
+                "assignments": tuple(item.assignments),
+                "upstream": item.up,
+                "downstream": item.down,
+                "background": simple.background,
+                "in_loop": simple.in_loop,
+                "infinite_loop": simple.infinite_loop,
+            }
+            if item.argv or item.assignments or item.redirects:
+                self.emit(item.argv, common, context, depth, item.stdin, env)
+            sub_feeds = simple.first_word_sub or bool(item.programs & wrappers.SHELL_RUNNERS)
+            for sub in simple.subs:
+                kind = "process substitution" if sub in simple.words else "command substitution"
+                self.script(
+                    sub,
+                    f"{kind} in {context}" if context != "command" else kind,
+                    depth + 1,
+                    frozenset({"sh"}) if sub_feeds else frozenset(),
+                    dict(env),
+                    feeds_shell=sub_feeds,
+                    outer=(False, simple.in_loop, simple.infinite_loop),
+                )
+        if feeds_shell:
+            # The output of the last command here is executed by a shell
+            # (bash -c "$(...)", eval $(...), source <(...)).
+            for item in expanded:
+                if item.stdout is not None and not (item.down - extra_down):
+                    label, text = item.stdout
+                    self.script(
+                        text, f"{label} run by a shell", depth + 1, frozenset(), {},
+                        feeds_shell=False,
+                    )  # fmt: skip
+
+    def link_pipelines(self, expanded: list[_Expanded], extra_down: frozenset[str]) -> None:
+        """Fill upstream/downstream program names and literal text flowing through pipes."""
+        by_pipe: dict[int, list[tuple[int, _Expanded]]] = {}
+        for item in expanded:
+            for pid, position in item.simple.pipes:
+                by_pipe.setdefault(pid, []).append((position, item))
+            item.down = extra_down
+            if not item.simple.pipes:
+                item.stdout = self.stdout_of(item, None)
+        for members in by_pipe.values():
+            if len(members) == 1:
+                pos_item = members[0][1]
+                pos_item.stdout = self.stdout_of(pos_item, None)
+                continue
+            members.sort(key=lambda m: m[0])
+            for position, item in members:
+                up: set[str] = set()
+                down: set[str] = set()
+                for other_pos, other in members:
+                    if other_pos < position:
+                        up |= other.programs
+                    elif other_pos > position:
+                        down |= other.programs
+                item.up = item.up | up
+                item.down = item.down | down
+            # Literal text flows only between adjacent single commands.
+            flowing: tuple[str, str] | None = None
+            last_pos = -1
+            for position, item in members:
+                incoming = flowing if position == last_pos + 1 else None
+                if incoming is not None and item.stdin is None:
+                    item.stdin = incoming
+                item.stdout = self.stdout_of(item, item.stdin)
+                flowing = item.stdout
+                last_pos = position
+
+    def stdout_of(
+        self, item: _Expanded, incoming: tuple[str, str] | None
+    ) -> tuple[str, str] | None:
+        """Statically known output of a command: echo/printf/cat literals and decoders."""
+        own = _stdin_literal(item.redirects)
+        if own is not None:
+            incoming = ("here-doc", own)
+            item.stdin = incoming
+        argv = item.argv
+        if not argv:
+            return None
+        prog = argv[0].rpartition("/")[2]
+        args = argv[1:]
+        if prog == "echo":
+            flags = [a for a in args if re.fullmatch(r"-[neE]+", a)]
+            text = " ".join(a for a in args if a not in flags)
+            if any("e" in f for f in flags):
+                text = decode_ansi_c(text)
+            return ("echoed text", text)
+        if prog == "printf" and args:
+            return ("printed text", decode_ansi_c(args[0].replace("%s", " ".join(args[1:]))))
+        if prog == "cat" and incoming is not None and all(a == "-" for a in args):
+            return incoming
+        if incoming is None:
+            return None
+        kind = wrappers.decoder_kind(prog, args)
+        if kind is None:
+            return None
+        label = f"decoded {kind}"
+        decoded = _decode_base64(incoming[1]) if kind == "base64" else _decode_hex(incoming[1])
+        if decoded is None:
+            self.sources.append(Source(incoming[1], f"undecodable {kind} payload"))
+            return None
+        self.sources.append(Source(decoded, label))
+        return (label, decoded)
+
+    # emitting ---------------------------------------------------------------
+
+    def emit(
+        self,
+        argv: list[str],
+        common: dict[str, object],
+        context: str,
+        depth: int,
+        stdin: tuple[str, str] | None,
+        env: dict[str, str],
+    ) -> None:
+        if depth > self.max_depth:
+            self.unparsable.append(f"payloads nested deeper than {self.max_depth} levels")
+            return
+        prog = argv[0].rpartition("/")[2] if argv else ""
+        script: str | None = None
+        script_from = ""
+        lang = wrappers.interpreter_language(prog)
+        if lang is not None:
+            script = wrappers.inline_script(lang, argv[1:])
+            script_from = "inline"
+            if script is None and stdin is not None and wrappers.reads_stdin_script(lang, argv):
+                script_from = stdin[0]
+                script = stdin[1]
+        self.invocations.append(Invocation(tuple(argv), context=context, script=script, **common))  # type: ignore[arg-type]
+        if not argv:
+            return
+        if script is not None and lang is not None:
+            label = f"{prog} {'payload' if script_from == 'inline' else script_from}"
+            self.sources.append(Source(script, label))
+            for kind, payload in wrappers.embedded_commands(lang, script):
+                sub_context = f"command in {label}"
+                if kind == "shell":
+                    self.script(payload, sub_context, depth + 1, frozenset(), {},
+                                feeds_shell=False)  # fmt: skip
+                else:
+                    self.emit(payload.split("\0"), common, sub_context, depth + 1, None, {})
+            return
+        unwrapped = wrappers.unwrap(prog, argv[1:])
+        if unwrapped is None:
+            if prog in wrappers.SHELLS and stdin is not None and not wrappers.has_script(argv):
+                self.script(stdin[1], f"{stdin[0]} piped into {prog}", depth + 1,
+                            frozenset(), {}, feeds_shell=False, outer=_outer(common))  # fmt: skip
+            return
+        if unwrapped.argv is not None and unwrapped.argv:
+            inner_common = dict(common)
+            if unwrapped.assignments:
+                inner_common["assignments"] = tuple(common["assignments"]) + tuple(  # type: ignore[call-overload]
+                    unwrapped.assignments
+                )
+            self.emit(unwrapped.argv, inner_common, f"{context} via {prog}", depth + 1, stdin, env)
+        if unwrapped.shell is not None:
+            self.script(unwrapped.shell, f"{prog} {unwrapped.label}", depth + 1, frozenset(),
+                        dict(env), feeds_shell=False, outer=_outer(common))  # fmt: skip
+
+
+def _outer(common: dict[str, object]) -> tuple[bool, bool, bool]:
+    return (
+        bool(common["background"]),
+        bool(common["in_loop"]),
+        bool(common["infinite_loop"]),
+    )
+
+
+def _stdin_literal(redirects: list[Redirect]) -> str | None:
+    for r in redirects:
+        if r.op in ("<<", "<<-") and r.body is not None:
+            return r.body
+        if r.op == "<<<":
+            return r.target
+    return None
+
+
+def parse_command(
+    text: str, *, max_depth: int = MAX_DEPTH, fast_path: bool = True
+) -> ParsedCommand:
+    """Parse one shell command (any length of script) into invocations and sources."""
+    return Parser(max_depth, fast_path=fast_path).parse(text)
+
+
+def parse_argv(argv: list[str], *, max_depth: int = MAX_DEPTH) -> ParsedCommand:
+    """An exec'd process's argv (no shell involved): unwrap wrappers and payloads only."""
+    parser = Parser(max_depth)
+    parser.sources.append(Source(" ".join(argv), "exec"))
+    common: dict[str, object] = {
+        "redirects": (),
+        "assignments": (),
+        "upstream": frozenset(),
+        "downstream": frozenset(),
+        "background": False,
+        "in_loop": False,
+        "infinite_loop": False,
+    }
+    if argv:
+        parser.emit(list(argv), common, "exec", 0, None, {})
+    mode = ParseMode.UNPARSABLE if parser.unparsable else ParseMode.FAST
+    return ParsedCommand(
+        tuple(parser.invocations),
+        tuple(parser.sources),
+        mode,
+        "; ".join(parser.unparsable) if parser.unparsable else None,
+    )
+
+
+__all__ = ["MAX_DEPTH", "Parser", "Word", "parse_argv", "parse_command"]
