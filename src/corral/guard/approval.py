@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol, TextIO, runtime_checkable
 
 from rich.console import Console
-from rich.prompt import Confirm
+from rich.prompt import Confirm, InvalidResponse
 
 from corral.errors import CorralError
 
@@ -45,6 +45,18 @@ class CallbackApprover:
         return self._callback(decision) is True
 
 
+class _YesNo(Confirm):
+    """Confirm that also takes 'yes'/'no'; anything else asks again, EOF gives the default."""
+
+    def process_response(self, value: str) -> bool:
+        answer = value.strip().lower()
+        if answer in ("y", "yes"):
+            return True
+        if answer in ("n", "no"):
+            return False
+        raise InvalidResponse(self.validate_error_message)
+
+
 class CliApprover:
     """Shows the findings and asks y/N on ``stream`` (stdin by default). EOF means no."""
 
@@ -59,7 +71,7 @@ class CliApprover:
         for f in decision.findings:
             con.print(f"  - {f.rule_id} ({f.category}, {f.severity}, {f.attack}): {f.explanation}",
                       markup=False, highlight=False)  # fmt: skip
-        answer = Confirm.ask("Allow this command?", console=con, default=False,
+        answer = _YesNo.ask("Allow this command?", console=con, default=False,
                              stream=self._stream)  # fmt: skip
         return answer is True
 
