@@ -69,10 +69,12 @@ async def test_existing_rc_file_is_the_baseline_and_a_change_is_an_alert(
         await harness.step(sb, 1, ["/bin/sh", "-c", "echo 'sleep 1 &' >> ~/.bashrc"])
         unit = "~/.config/systemd/user/miner.service"
         await harness.step(sb, 2, ["/bin/sh", "-c", f"cat /dev/null > {unit}"])
-        await wait_for(lambda: len(harness.alerts(sb)) >= 3)
-        rules = sorted(a.data["rule_id"] for a in harness.alerts(sb))
-        # The shell's command line and the file itself are both seen.
-        assert rules.count("persistence.shell_rc") == 2
-        assert "persistence.systemd_user" in rules
+
+        def rules() -> list[str]:
+            return [a.data["rule_id"] for a in harness.alerts(sb)]
+
+        # The shell's command line and the file itself are both seen, for each.
+        await wait_for(lambda: rules().count("persistence.shell_rc") == 2)
+        await wait_for(lambda: rules().count("persistence.systemd_user") == 2)
     finally:
         await sb.close()

@@ -16,7 +16,7 @@ from tests.monitor.helpers import Harness, wait_for
 
 async def test_exec_and_exit_are_recorded_with_step_argv_and_exit_code(harness: Harness) -> None:
     sb = await harness.sandbox()
-    pid = await harness.step(sb, 3, ["/bin/sh", "-c", "/bin/echo hi >/dev/null; exit 7"])
+    pid = await harness.step(sb, 3, ["/bin/sh", "-c", "/bin/sleep 0.1; exit 7"])
 
     def exits() -> list:
         return [e for e in harness.of(EventKind.PROC_EXIT, sb) if e.pid == pid]
@@ -26,11 +26,11 @@ async def test_exec_and_exit_are_recorded_with_step_argv_and_exit_code(harness: 
     top = next(e for e in execs if e.pid == pid)
     assert top.step == 3
     assert top.episode_id == sb.episode_id
-    assert top.data["argv"] == ["/bin/sh", "-c", "/bin/echo hi >/dev/null; exit 7"]
+    assert top.data["argv"] == ["/bin/sh", "-c", "/bin/sleep 0.1; exit 7"]
     assert top.data["uid"] == sb.uid
-    echo = next(e for e in execs if e.data["argv"] and e.data["argv"][0] == "/bin/echo")
-    assert echo.step == 3  # inherited from the step's process through the fork
-    assert echo.data["ancestors"][0]["pid"] == pid
+    sleep = next(e for e in execs if e.data["argv"] == ["/bin/sleep", "0.1"])
+    assert sleep.step == 3  # inherited from the step's process through the fork
+    assert sleep.data["ancestors"][0]["pid"] == pid
     exit_event = exits()[0]
     assert exit_event.data["exit_code"] == 7
     assert exit_event.data["duration_ms"] >= 0
@@ -74,14 +74,18 @@ async def test_a_burst_of_500_short_processes_is_all_seen(harness: Harness) -> N
 async def test_lineage_survives_daemonizing(harness: Harness) -> None:
     sb = await harness.sandbox()
     # The step's shell exits at once; its grandchild is re-parented to init.
-    await harness.step(sb, 4, ["/bin/sh", "-c", "(/bin/sleep 0.4 && /bin/true) & exit 0"])
+    await harness.step(sb, 4, ["/bin/sh", "-c", "(/bin/sleep 0.4 && /bin/sleep 0.3) & exit 0"])
     await harness.step(sb, 5, ["/bin/sleep", "0.1"])
 
-    def late_true() -> list:
-        return [e for e in harness.of(EventKind.PROC_EXEC, sb) if e.data["argv"] == ["/bin/true"]]
+    def late_sleep() -> list:
+        return [
+            e
+            for e in harness.of(EventKind.PROC_EXEC, sb)
+            if e.data["argv"] == ["/bin/sleep", "0.3"]
+        ]
 
-    await wait_for(late_true)
-    event = late_true()[0]
+    await wait_for(late_sleep)
+    event = late_sleep()[0]
     assert event.step == 4
     assert len(event.data["ancestors"]) >= 2
 
