@@ -69,6 +69,7 @@ async def test_a_kill_with_nothing_to_aim_at_freezes_the_sandbox(harness: Harnes
     response = harness.of(EventKind.RESPONSE, sb)[0]
     assert response.data["action"] == "freeze"
     assert response.data["escalated_from"] == "kill"
+    assert response.data["latency_from"] == "signal"
     assert ("freeze", None) in sb.actions
 
 

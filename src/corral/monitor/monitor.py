@@ -57,7 +57,7 @@ ArgvChecker = Callable[[list[str]], Any]
 """The guard's engine: ``check(argv)`` gives an object with ``.verdict`` and ``.findings``."""
 
 # Errors an injected guard engine may raise on odd input; anything else is a bug to surface.
-_GUARD_ERRORS = (CorralError, ValueError, TypeError, LookupError, RecursionError)
+_GUARD_ERRORS = (CorralError, ValueError, TypeError, LookupError, AttributeError, RecursionError)
 
 
 class Monitor:
@@ -351,16 +351,19 @@ class Monitor:
 
     def _check_gpu(self, samples: Iterable[Any]) -> None:
         for s in samples:
-            record = self._table.get(s.pid)
+            record = self._table.adopt_if_watched(s.pid, "gpu")
             sandbox = self._sandboxes.get(record.sandbox_id) if record else None
             if record is None or sandbox is None:
                 continue
             gpu = sandbox.handle.policy.gpu
             key = (record.key, s.device)
-            over = s.sm_util is not None and s.sm_util > gpu.utilization_budget
-            sandbox.gpu_over[key] = sandbox.gpu_over.get(key, 0) + 1 if over else 0
-            sustained = sandbox.gpu_over[key] >= self.config.gpu_sustain_samples
-            findings = gpu_findings(s, gpu, sandbox.gpu_over[key] if sustained else 0)
+            if s.sm_util is not None and s.sm_util > gpu.utilization_budget:
+                sandbox.gpu_over[key] = over = sandbox.gpu_over.get(key, 0) + 1
+            else:
+                sandbox.gpu_over.pop(key, None)
+                over = 0
+            sustained = over >= self.config.gpu_sustain_samples
+            findings = gpu_findings(s, gpu, over if sustained else 0)
             if findings:
                 start = record.exec_ns or record.started_ns or time.monotonic_ns()
                 self._raise(sandbox, record, findings, start, record.argv)
@@ -377,17 +380,25 @@ class Monitor:
         # Latency is measured from when the gateway saw it.
         started = time.monotonic_ns() - int(max(0.0, time.time() - event.time) * 1e9)
         finding = net_signal_finding(event.data)
-        self._raise(sandbox, record, [finding], started, record.argv if record else None, step)
+        argv = record.argv if record else None
+        self._raise(sandbox, record, [finding], started, argv, step, since="signal")
 
     def _owner_of_port(self, sandbox: WatchedSandbox, port: int) -> ProcessRecord | None:
-        live = self._table.live(sandbox.sandbox_id)
-        if not live:
-            return None
-        # /proc/PID/net/* shows the table of that process's network namespace.
-        inodes = procfs.socket_inode_for_port(live[0].pid, port)
+        """The sandbox process holding a socket on local ``port``, found through /proc."""
+        live = sorted(self._table.live(sandbox.sandbox_id), key=lambda r: -r.key)
+        inodes: set[int] = set()
+        namespaces: set[str] = set()
+        for record in live:
+            # /proc/PID/net/* is the table of that process's network namespace; a
+            # sandbox's launcher may still be in the host's, its workload is not.
+            ns = procfs.read_netns(record.pid)
+            if ns is None or ns in namespaces:
+                continue
+            namespaces.add(ns)
+            inodes |= procfs.socket_inode_for_port(record.pid, port)
         if not inodes:
             return None
-        for record in sorted(live, key=lambda r: -r.key):
+        for record in live:
             if procfs.socket_inodes(record.pid) & inodes:
                 return record
         return None
@@ -396,7 +407,7 @@ class Monitor:
         sandbox = self._sandboxes.get(sandbox_id)
         if sandbox is not None:
             step = sandbox.current_step()
-            self._raise(sandbox, None, [finding], time.monotonic_ns(), None, step)
+            self._raise(sandbox, None, [finding], time.monotonic_ns(), None, step, since="write")
 
     # --- alerts and responses -------------------------------------------------------------
 
@@ -408,7 +419,9 @@ class Monitor:
         started_ns: int,
         argv: list[str] | None,
         step: int | None = None,
+        since: str = "exec",
     ) -> None:
+        """Alert on ``findings`` and respond. ``started_ns``/``since``: what latency counts from."""
         fresh = []
         for finding in findings:
             if record is not None:
@@ -444,7 +457,9 @@ class Monitor:
             self.stats["alerts"] += 1
             self._publish(record, self._alert_publisher(sandbox, record, finding, violation))
         worst = max(fresh, key=lambda f: SEVERITY_ORDER[f.severity])
-        self._spawn(self._respond(sandbox, record, step, action, started_ns, violations, worst))
+        self._spawn(
+            self._respond(sandbox, record, step, action, (started_ns, since), violations, worst)
+        )
 
     def _alert_publisher(
         self,
@@ -490,7 +505,7 @@ class Monitor:
         record: ProcessRecord | None,
         step: int | None,
         action: Action,
-        started_ns: int,
+        started: tuple[int, str],
         violations: list[Violation],
         worst: Finding,
     ) -> None:
@@ -501,6 +516,7 @@ class Monitor:
         if record is not None:
             step = record.step
         reason = f"{worst.rule_id}: {worst.explanation}"
+        started_ns, since = started
         outcome = await self._responder.respond(sandbox, action, record, step, started_ns, reason)
         for v in violations:
             v.action = str(outcome.action)
@@ -513,7 +529,7 @@ class Monitor:
             "severity": str(worst.severity),
             "latency_ms": outcome.latency_ms,
             "decided_ms": outcome.decided_ms,
-            "latency_from": "exec" if record is not None else "signal",
+            "latency_from": since,
             "targets": outcome.targets,
             **({"error": outcome.error} if outcome.error else {}),
             **({"escalated_from": str(outcome.escalated_from)} if outcome.escalated_from else {}),

@@ -189,7 +189,8 @@ class PersistenceWatcher:
 
     def watch(self, sandbox_id: str, roots: list[str]) -> None:
         for root in roots:
-            self._add(sandbox_id, str(Path(root).resolve()), "", baseline=True)
+            # Not resolved: a root under /proc/PID/root/ must stay in that mount namespace.
+            self._add(sandbox_id, str(Path(root)), "", baseline=True)
 
     def unwatch(self, sandbox_id: str) -> None:
         for wd in [w for w, (sid, _r, _d) in self._wd.items() if sid == sandbox_id]:

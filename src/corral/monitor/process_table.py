@@ -39,7 +39,7 @@ class ProcessRecord:
     ancestors: tuple[tuple[int, str], ...]  # (pid, name) of the fork parents, nearest first
     ancestor_keys: tuple[int, ...]  # the same, as record keys, for descendant lookups
     step: int | None
-    lineage: str  # how we learnt of it: fork, uid, exec or scan (after lost events)
+    lineage: str  # how we learnt of it: fork, uid, exec, gpu or scan (at watch, after lost events)
     fork_ns: int | None = None
     exec_ns: int | None = None
     argv: list[str] | None = None
@@ -160,12 +160,7 @@ class ProcessTable:
             record = self._live.get(ev.tgid)
             known = record is not None
         if not known:
-            uids = procfs.read_uids(ev.tgid)
-            watched = self.watched_uids
-            if uids is None or not (uids[0] in watched or uids[1] in watched):
-                return None
-            uid = uids[0] if uids[0] in watched else uids[1]
-            record = self._adopt(ev.tgid, uid, "exec", None)
+            record = self.adopt_if_watched(ev.tgid, "exec")
             if record is None:
                 return None
         snap = procfs.snapshot(ev.tgid, uids=False)
@@ -179,6 +174,19 @@ class ProcessTable:
             if snap.stat is not None:
                 record.start_ticks = snap.stat.start_ticks
             return ExecNotice(record, ev.ts_ns, snap.argv, snap.exe, record.comm)
+
+    def adopt_if_watched(self, pid: int, lineage: str) -> ProcessRecord | None:
+        """Track ``pid`` if it runs as a watched uid (a process whose fork we did not see)."""
+        with self.lock:
+            record = self._live.get(pid)
+            if record is not None:
+                return record
+        uids = procfs.read_uids(pid)
+        watched = self.watched_uids
+        if uids is None or not (uids[0] in watched or uids[1] in watched):
+            return None
+        uid = uids[0] if uids[0] in watched else uids[1]
+        return self._adopt(pid, uid, lineage, None)
 
     def on_uid(self, ev: UidEvent) -> None:
         if ev.pid != ev.tgid:

@@ -93,6 +93,14 @@ def read_exe(pid: int) -> str | None:
         return None
 
 
+def read_netns(pid: int) -> str | None:
+    """Identity of the network namespace a process is in, e.g. ``net:[4026531840]``."""
+    try:
+        return str(Path(f"{PROC}/{pid}/ns/net").readlink())
+    except OSError:
+        return None
+
+
 def snapshot(pid: int, *, uids: bool = True) -> ProcSnapshot:
     """Everything at once, cmdline first because it is the first thing lost at exit.
 
