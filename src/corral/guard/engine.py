@@ -95,7 +95,7 @@ class Guard:
         findings: dict[str, Finding] = {}
         for inv in parsed.invocations:
             features = Features(inv)
-            for rule in self.rules.candidates(features.program):
+            for rule in self.rules.applicable(features):
                 if rule.rule.id in findings:
                     continue
                 evidence = rule.match(features)

@@ -141,8 +141,27 @@ def _first_glob_hit(
     return None
 
 
+_LEADING_FLAGS = re.compile(r"^\(\?([aiLmsux]+)\)")
+
+
 def _compile(patterns: list[str] | None) -> tuple[re.Pattern[str], ...]:
-    return tuple(re.compile(p) for p in patterns or ())
+    """One alternation for "any of these patterns" (one search instead of many).
+
+    A leading ``(?i)`` becomes a scoped ``(?i:...)`` group; anything the union
+    cannot express keeps its own compiled pattern, with the same meaning.
+    """
+    if not patterns:
+        return ()
+    if len(patterns) == 1:
+        return (re.compile(patterns[0]),)
+    parts = []
+    for p in patterns:
+        m = _LEADING_FLAGS.match(p)
+        parts.append(f"(?{m.group(1)}:{p[m.end():]})" if m else f"(?:{p})")
+    try:
+        return (re.compile("|".join(parts)),)
+    except re.error:
+        return tuple(re.compile(p) for p in patterns)
 
 
 def _search_any(
@@ -180,18 +199,20 @@ class CompiledRule:
         self.short_flags = frozenset(f[1] for f in flags if len(f) == 2)
         self.long_flags = frozenset(f for f in flags if f.startswith("--"))
         self.args = _compile(spec.args)
-        self.args_all = _compile(spec.args_all)
+        self.args_all = tuple(re.compile(p) for p in spec.args_all or ())
         self.unless_args = _compile(spec.unless_args)
         self.paths = _compile(spec.paths)
         self.writes = _compile(spec.writes)
         self.redirects = _compile(spec.redirects)
         self.assigns = _compile(spec.assigns)
         self.script = _compile(spec.script)
-        self.script_all = _compile(spec.script_all)
+        self.script_all = tuple(re.compile(p) for p in spec.script_all or ())
         self.text = _compile(spec.text)
         hosts = spec.hosts or []
         self.host_exact = frozenset(h for h in hosts if not h.startswith("*."))
         self.host_suffix = tuple(h[2:] for h in hosts if h.startswith("*."))
+        self.host_suffix_set = frozenset(self.host_suffix)
+        self.needs = _needed_feature(spec)
 
     # --- raw text rules ---------------------------------------------------------
 
@@ -204,6 +225,11 @@ class CompiledRule:
     # --- invocation rules ---------------------------------------------------------
 
     def match(self, f: Features) -> list[Evidence] | None:
+        """Evidence when every condition holds, else None.
+
+        Conditions run cheapest and most selective first; exemptions last, since
+        most rules have already failed by then.
+        """
         spec = self.spec
         inv = f.inv
         ev: list[Evidence] = []
@@ -211,38 +237,12 @@ class CompiledRule:
             if not f.program or _first_glob_hit((f.program,), *self.program) is None:
                 return None
             ev.append(Evidence(inv.argv[0], f"program {f.program!r}"))
-        if self.unless_program is not None and f.program and _first_glob_hit(
-            (f.program,), *self.unless_program
-        ):
-            return None
-        if self.unless_args and _search_any(self.unless_args, f.args) is not None:
-            return None
         if spec.background is not None and inv.background != spec.background:
             return None
         if spec.in_loop is not None and inv.in_loop != spec.in_loop:
             return None
         if spec.infinite_loop is not None and inv.infinite_loop != spec.infinite_loop:
             return None
-        if self.subcommand:
-            ops = _operands(f.args)
-            if not ops or ops[0] not in self.subcommand:
-                return None
-            ev.append(Evidence(ops[0], f"subcommand {ops[0]!r}"))
-        if spec.flags is not None:
-            hit = self._flag_hit(f.args)
-            if hit is None:
-                return None
-            ev.append(hit)
-        if self.args:
-            found = _search_any(self.args, f.args)
-            if found is None:
-                return None
-            ev.append(Evidence(found[0], f"argument {_short(found[0])}"))
-        for pattern in self.args_all:
-            found = _search_any((pattern,), f.args)
-            if found is None:
-                return None
-            ev.append(Evidence(found[0], f"argument {_short(found[0])}"))
         if self.piped_into is not None:
             name = _first_glob_hit(sorted(inv.downstream), *self.piped_into)
             if name is None:
@@ -264,21 +264,6 @@ class CompiledRule:
             if found is None:
                 return None
             ev.append(Evidence(found[0], f"redirection to {_short(found[0])}"))
-        if self.writes:
-            found = _search_any(self.writes, f.writes())
-            if found is None:
-                return None
-            ev.append(Evidence(found[0], f"writes {_short(found[0])}"))
-        if self.paths:
-            found = _search_any(self.paths, f.paths())
-            if found is None:
-                return None
-            ev.append(Evidence(found[0], f"path {_short(found[0])}"))
-        if self.host_exact or self.host_suffix:
-            host = self._host_hit(f.hosts())
-            if host is None:
-                return None
-            ev.append(Evidence(host, f"host {host!r}"))
         if self.script or self.script_all:
             code = inv.script
             if code is None:
@@ -293,6 +278,47 @@ class CompiledRule:
                 if m is None:
                     return None
                 ev.append(Evidence(m.group(0), f"inline code {_short(m.group(0))}"))
+        if self.writes:
+            found = _search_any(self.writes, f.writes())
+            if found is None:
+                return None
+            ev.append(Evidence(found[0], f"writes {_short(found[0])}"))
+        if self.host_exact or self.host_suffix_set:
+            host = self._host_hit(f.hosts())
+            if host is None:
+                return None
+            ev.append(Evidence(host, f"host {host!r}"))
+        if self.subcommand:
+            ops = _operands(f.args)
+            if not ops or ops[0] not in self.subcommand:
+                return None
+            ev.append(Evidence(ops[0], f"subcommand {ops[0]!r}"))
+        if spec.flags is not None:
+            hit = self._flag_hit(f.args)
+            if hit is None:
+                return None
+            ev.append(hit)
+        if self.args:
+            found = _search_any(self.args, f.args)
+            if found is None:
+                return None
+            ev.append(Evidence(found[0], f"argument {_short(found[0])}"))
+        for pattern in self.args_all:
+            found = _search_any((pattern,), f.args)
+            if found is None:
+                return None
+            ev.append(Evidence(found[0], f"argument {_short(found[0])}"))
+        if self.paths:
+            found = _search_any(self.paths, f.paths())
+            if found is None:
+                return None
+            ev.append(Evidence(found[0], f"path {_short(found[0])}"))
+        if self.unless_program is not None and f.program and _first_glob_hit(
+            (f.program,), *self.unless_program
+        ):
+            return None
+        if self.unless_args and _search_any(self.unless_args, f.args) is not None:
+            return None
         return ev
 
     def _flag_hit(self, args: tuple[str, ...]) -> Evidence | None:
@@ -325,13 +351,49 @@ class CompiledRule:
         return None
 
     def _host_hit(self, hosts: tuple[str, ...]) -> str | None:
+        suffixes = self.host_suffix_set
         for host in hosts:
             if host in self.host_exact:
                 return host
-            for suffix in self.host_suffix:
-                if host == suffix or host.endswith("." + suffix):
+            # a.b.example.com → check a.b.example.com, b.example.com, example.com, com
+            rest = host
+            while True:
+                if rest in suffixes:
                     return host
+                dot = rest.find(".")
+                if dot < 0:
+                    break
+                rest = rest[dot + 1 :]
         return None
+
+
+def _needed_feature(spec: MatchSpec) -> str:
+    """The invocation feature without which this rule cannot match ("" if none)."""
+    for name in ("writes", "redirects", "assigns", "script", "hosts", "piped_into", "piped_from"):
+        if getattr(spec, name) is not None:
+            return name
+    if spec.script_all is not None:
+        return "script"
+    return ""
+
+
+def _has(f: Features, need: str) -> bool:
+    inv = f.inv
+    if need == "writes":
+        return bool(f.writes())
+    if need == "redirects":
+        return bool(inv.redirects)
+    if need == "assigns":
+        return bool(inv.assignments)
+    if need == "script":
+        return inv.script is not None
+    if need == "hosts":
+        return bool(f.hosts())
+    if need == "piped_into":
+        return bool(inv.downstream)
+    if need == "piped_from":
+        return bool(inv.upstream)
+    return True
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -339,28 +401,66 @@ def _short(text: str, limit: int = 80) -> str:
 
 
 class RuleSet:
-    """Compiled rules indexed by exact program name; everything else is tested always."""
+    """Compiled rules, with the candidates for each program name worked out once.
+
+    A rule naming programs only by exact name is a candidate for those names; a rule
+    with glob names is tested against the name once and the answer cached; a rule
+    naming no program is a candidate for every invocation.
+    """
+
+    _CACHE_MAX = 4096  # distinct program names remembered; bounded against hostile input
 
     def __init__(self, rules: Iterable[LoadedRule]) -> None:
         self.rules: tuple[CompiledRule, ...] = tuple(CompiledRule(r) for r in rules)
         self.text_rules = tuple(r for r in self.rules if r.is_text)
+        self._order = {id(rule): i for i, rule in enumerate(self.rules)}
         self.by_program: dict[str, list[CompiledRule]] = {}
+        self.globbed: list[CompiledRule] = []
         self.generic: list[CompiledRule] = []
         for rule in self.rules:
             if rule.is_text:
                 continue
-            if rule.program is not None and rule.program[1] is None:
+            if rule.program is None:
+                self.generic.append(rule)
+            elif rule.program[1] is None:
                 for name in rule.program[0]:
                     self.by_program.setdefault(name, []).append(rule)
             else:
-                self.generic.append(rule)
+                self.globbed.append(rule)
+        self._cache: dict[str, tuple[CompiledRule, ...]] = {}
 
     def __len__(self) -> int:
         return len(self.rules)
 
-    def candidates(self, program: str) -> list[CompiledRule]:
-        specific = self.by_program.get(program)
-        return self.generic + specific if specific else self.generic
+    def candidates(self, program: str) -> tuple[CompiledRule, ...]:
+        cached = self._cache.get(program)
+        if cached is not None:
+            return cached
+        found = list(self.generic)
+        found.extend(self.by_program.get(program, ()))
+        found.extend(
+            r for r in self.globbed if r.program and _first_glob_hit((program,), *r.program)
+        )
+        found.sort(key=lambda r: self._order[id(r)])
+        result = tuple(found)
+        if len(self._cache) < self._CACHE_MAX:
+            self._cache[program] = result
+        return result
+
+    def applicable(self, f: Features) -> list[CompiledRule]:
+        """Candidates for this invocation, minus rules needing a feature it lacks."""
+        memo: dict[str, bool] = {}
+        out = []
+        for rule in self.candidates(f.program):
+            need = rule.needs
+            if need:
+                present = memo.get(need)
+                if present is None:
+                    present = memo[need] = _has(f, need)
+                if not present:
+                    continue
+            out.append(rule)
+        return out
 
     @property
     def ids(self) -> list[str]:
