@@ -192,7 +192,11 @@ class Monitor:
     # --- EventSink: what the sandbox and gateway tell us ---------------------------------
 
     def emit(self, event: Event) -> None:
-        """Takes EXEC_START, EXEC_END, NET_SIGNAL, SANDBOX_CLOSED; ignores the rest. Thread-safe."""
+        """Takes EXEC_START, EXEC_END, NET_SIGNAL, SANDBOX_CLOSED; ignores the rest. Thread-safe.
+
+        Events before :meth:`start` or for unwatched sandboxes are dropped: there
+        is nothing yet to attribute them to.
+        """
         if self._loop is None:
             return
         if threading.get_ident() != self._loop_thread:
@@ -206,7 +210,6 @@ class Monitor:
             return
         if event.kind == EventKind.EXEC_START and event.step is not None and event.pid:
             sandbox.running_steps[event.step] = event.pid
-            sandbox.last_step = event.step
             changed = self._table.assign_step(event.sandbox_id, event.pid, event.step)
             for record in sorted(changed, key=lambda r: r.key):
                 self._flush(record.key)

@@ -15,7 +15,6 @@ class WatchedSandbox:
     expected: ExpectedWorkload
     violations: ViolationStore
     running_steps: dict[int, int] = field(default_factory=dict)  # step -> top pid
-    last_step: int | None = None
     frozen: bool = False
     ended: bool = False
     alerts: int = 0
