@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.events import Event, EventKind, MemorySink
-from corral.monitor import Monitor
+from corral.monitor import Monitor, procfs
 from corral.monitor.testing import BURNER_CODE, SIMULATED_MINER, SIMULATED_POOL, LocalSandbox
 from corral.policy import Action, Policy, ResponsePolicy
 
@@ -67,11 +67,7 @@ async def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> obj
 
 
 def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
+    return procfs.is_running(pid)
 
 
 class Harness:

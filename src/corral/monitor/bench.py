@@ -7,12 +7,12 @@ Nothing here runs at import. Results are plain dicts, ready for JSON.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import statistics
 import time
 from typing import Any
 
 from corral.events import Event, EventKind, MemorySink
+from corral.monitor import procfs
 from corral.monitor.config import MonitorConfig
 from corral.monitor.monitor import Monitor
 from corral.monitor.testing import SIMULATED_MINER, LocalSandbox
@@ -97,9 +97,8 @@ async def measure_time_to_kill(runs: int = 20, timeout: float = 5.0) -> dict[str
                     continue
                 latencies.append(responses[0].data["latency_ms"])
                 execs = [e for e in sink.of_kind(EventKind.PROC_EXEC) if e.pid == pid]
-                with contextlib.suppress(OSError):
-                    while (time.monotonic() < deadline) and _alive(pid):
-                        await asyncio.sleep(0.001)
+                while time.monotonic() < deadline and procfs.is_running(pid):
+                    await asyncio.sleep(0.001)
                 if execs:
                     gone.append(round((time.time() - execs[-1].time) * 1000, 3))
         finally:
@@ -110,11 +109,6 @@ async def measure_time_to_kill(runs: int = 20, timeout: float = 5.0) -> dict[str
         "latency_ms": _summary(latencies),
         "gone_ms": _summary(gone),
     }
-
-
-def _alive(pid: int) -> bool:
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 def _summary(values: list[float]) -> dict[str, float | None]:

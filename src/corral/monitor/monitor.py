@@ -245,7 +245,7 @@ class Monitor:
             "comm": notice.comm,
             "uid": record.uid,
             "ppid": record.ppid,
-            "ancestors": [{"pid": p, "name": n} for p, n in record.ancestors],
+            "ancestors": record.ancestry(),
             "lineage": record.lineage,
         }
         findings: list[Finding] = []
@@ -341,8 +341,7 @@ class Monitor:
                     continue
                 finding = self._cpu.check(record, now, sandbox.expected)
                 if finding is not None:
-                    start = record.exec_ns or record.started_ns or time.monotonic_ns()
-                    self._raise(sandbox, record, [finding], start, record.argv)
+                    self._raise(sandbox, record, [finding], record.program_start_ns, record.argv)
 
     async def _gpu_forever(self) -> None:
         provider = self._gpu
@@ -368,8 +367,7 @@ class Monitor:
             sustained = over >= self.config.gpu_sustain_samples
             findings = gpu_findings(s, gpu, over if sustained else 0)
             if findings:
-                start = record.exec_ns or record.started_ns or time.monotonic_ns()
-                self._raise(sandbox, record, findings, start, record.argv)
+                self._raise(sandbox, record, findings, record.program_start_ns, record.argv)
 
     # --- other signals ----------------------------------------------------------------------
 
@@ -489,7 +487,7 @@ class Monitor:
                 **({"evidence": finding.evidence} if finding.evidence else {}),
             }
             if record is not None:
-                data["ancestors"] = [{"pid": p, "name": n} for p, n in record.ancestors]
+                data["ancestors"] = record.ancestry()
             return Event(
                 kind=EventKind.ALERT,
                 sandbox_id=sandbox.sandbox_id,
@@ -561,8 +559,7 @@ class Monitor:
             return
         held = self._held.get(record.key)
         if held is None:
-            started = record.exec_ns or record.started_ns or time.monotonic_ns()
-            wait = self.config.step_grace - (time.monotonic_ns() - started) / 1e9
+            wait = self.config.step_grace - (time.monotonic_ns() - record.program_start_ns) / 1e9
             if wait <= 0:
                 self._sink.emit(build())
                 return
@@ -617,7 +614,7 @@ def _describe(record: ProcessRecord) -> dict[str, Any]:
         "exe": record.exe,
         "comm": record.comm,
         "ppid": record.ppid,
-        "ancestors": [{"pid": p, "name": n} for p, n in record.ancestors],
+        "ancestors": record.ancestry(),
         "alive": record.alive,
         "lineage": record.lineage,
         "cpu_cores": round(record.cpu_fraction, 3),

@@ -71,6 +71,15 @@ class ProcessRecord:
     def started_ns(self) -> int | None:
         return self.fork_ns if self.fork_ns is not None else self.exec_ns
 
+    @property
+    def program_start_ns(self) -> int:
+        """When it began running what it runs now: its last exec, else its fork, else now."""
+        return self.exec_ns or self.started_ns or time.monotonic_ns()
+
+    def ancestry(self) -> list[dict[str, object]]:
+        """The parent chain, nearest first, as recorded at fork."""
+        return [{"pid": pid, "name": name} for pid, name in self.ancestors]
+
 
 @dataclass(frozen=True, slots=True)
 class ExecNotice:

@@ -67,6 +67,14 @@ def read_stat(pid: int) -> ProcStat | None:
     return None if raw is None else parse_stat(raw.decode("utf-8", "replace"))
 
 
+def is_running(pid: int, start_ticks: int | None = None) -> bool:
+    """True if ``pid`` exists, is not a zombie, and (if given) started at ``start_ticks``."""
+    stat = read_stat(pid)
+    if stat is None or stat.state in ("Z", "X"):
+        return False
+    return start_ticks is None or stat.start_ticks == start_ticks
+
+
 def read_uids(pid: int) -> tuple[int, int] | None:
     """(real uid, effective uid) of a process, or None if it is gone."""
     raw = _read_bytes(f"{PROC}/{pid}/status")

@@ -96,7 +96,7 @@ class Responder:
                 # SIGKILL is delivered asynchronously; give the kernel a moment.
                 deadline = time.monotonic() + _KILL_WAIT
                 while targets and time.monotonic() < deadline:
-                    targets = [t for t in targets if _still_running(t)]
+                    targets = [t for t in targets if procfs.is_running(t.pid, t.start_ticks)]
                     if targets:
                         await asyncio.sleep(0.005)
                 if not targets:
@@ -125,13 +125,6 @@ class Responder:
                 seen.add(m.key)
                 unique.append(m)
         return unique
-
-
-def _still_running(record: ProcessRecord) -> bool:
-    stat = procfs.read_stat(record.pid)
-    if stat is None or stat.state in ("Z", "X"):
-        return False
-    return record.start_ticks is None or stat.start_ticks == record.start_ticks
 
 
 def _ms_since(started_ns: int) -> float:
