@@ -66,9 +66,10 @@ async def test_existing_rc_file_is_the_baseline_and_a_change_is_an_alert(
         await asyncio.sleep(0.2)
         assert not harness.alerts(sb)
         (sb.home / ".bashrc").chmod(0o666)
-        await harness.step(sb, 1, ["/bin/sh", "-c", "echo 'sleep 1 &' >> ~/.bashrc"])
+        # Each shell lingers so its command line is surely read, even on a loaded host.
+        await harness.step(sb, 1, ["/bin/sh", "-c", "echo 'sleep 1 &' >> ~/.bashrc; sleep 0.3"])
         unit = "~/.config/systemd/user/miner.service"
-        await harness.step(sb, 2, ["/bin/sh", "-c", f"cat /dev/null > {unit}"])
+        await harness.step(sb, 2, ["/bin/sh", "-c", f"cat /dev/null > {unit}; sleep 0.3"])
 
         def rules() -> list[str]:
             return [a.data["rule_id"] for a in harness.alerts(sb)]
