@@ -37,9 +37,15 @@ if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then PY=/usr/b
 if [ ! -x "$VENV/bin/python" ]; then
     mkdir -p "$(dirname "$VENV")"
     "$PY" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 fi
-"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-"$VENV/bin/python" -m pip install -q -e "$ROOT[$EXTRAS]"
+# Reinstall only when the dependencies or the checkout's location changed.
+stamp="$VENV/.corral-installed"
+want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $ROOT $EXTRAS"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c 'import corral' 2>/dev/null; then
+    "$VENV/bin/python" -m pip install -q -e "$ROOT[$EXTRAS]"
+    echo "$want" > "$stamp"
+fi
 ln -sf "$VENV/bin/corral" /usr/local/bin/corral
 
 # Build the in-sandbox supervisor now rather than on first use.
