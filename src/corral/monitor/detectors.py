@@ -49,6 +49,8 @@ def guard_findings(result: Any) -> list[Finding]:
             explanation=str(getattr(f, "explanation", "denied by the guard")),
         )
         for f in getattr(result, "findings", None) or ()
+        # A finding that carries its own verdict counts only if it is the deny.
+        if str(getattr(f, "verdict", Verdict.DENY)).lower() == Verdict.DENY
     ]
     return out or [
         Finding("guard", "guard.deny", "guard", Severity.HIGH, "", "denied by the guard")
