@@ -60,8 +60,8 @@ class Client:
         return Result(proc.returncode or 0, out.decode(errors="replace"),
                       err.decode(errors="replace"))
 
-    async def python(self, code: str, **kwargs: object) -> Result:
-        return await self.run(CLIENT_PYTHON, "-c", code, **kwargs)  # type: ignore[arg-type]
+    async def python(self, code: str, *args: str, **kwargs: object) -> Result:
+        return await self.run(CLIENT_PYTHON, "-c", code, *args, **kwargs)  # type: ignore[arg-type]
 
     def events(self, kind: EventKind, **match: object) -> list[Event]:
         return [

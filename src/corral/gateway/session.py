@@ -9,7 +9,7 @@ from typing import Any
 
 from corral.events import Event, EventKind, EventSink
 from corral.gateway.dns import NameBindings
-from corral.gateway.pidmap import find_pid
+from corral.gateway.pidmap import PidFinder
 from corral.gateway.pool import Slot
 from corral.gateway.rules import CompiledPolicy
 from corral.gateway.signals import ScanDetector, Signal
@@ -44,6 +44,7 @@ class Session:
         self.step = step
         self.slot = slot
         self.bindings = NameBindings()
+        self._pids = PidFinder(slot.inode)
         self.scan = ScanDetector(policy.thresholds)
         self.tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
@@ -70,7 +71,7 @@ class Session:
         if local is None:
             return None
         ip, port = str(local[0]).split("%", 1)[0], int(local[1])
-        return await asyncio.to_thread(find_pid, self.slot.inode, transport, ip, port)
+        return await asyncio.to_thread(self._pids.find, transport, ip, port)
 
     async def raise_signal(
         self,
