@@ -345,3 +345,32 @@ async def test_events_are_json_serialisable(attach, simnet: SimNet) -> None:
     await client.settle()
     for event in client.sink.events:
         json.dumps(event.to_dict())
+
+
+HOLD = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], 4444), timeout=20)
+s.sendall(b"hi")
+print(s.recv(10).decode(), flush=True)
+try:
+    print("closed" if s.recv(10) == b"" else "data", flush=True)
+except OSError as exc:
+    print("closed", exc, flush=True)
+"""
+
+
+async def test_close_cuts_open_flows(attach, simnet: SimNet) -> None:
+    import asyncio
+
+    client = await attach(gateway_policy({"cidr": f"{simnet.ip('sink')}/32", "ports": [4444]}))
+    before = simnet.received("sink")
+    running = asyncio.ensure_future(client.python(HOLD, simnet.ip("sink"), timeout=30))
+    for _ in range(200):  # until the relayed flow is open and echoed
+        if simnet.received("sink") > before:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    await client.attachment.close()
+    result = await asyncio.wait_for(running, 15)
+    lines = result.out.splitlines()
+    assert lines[0] == "hi" and lines[1].startswith("closed"), result

@@ -112,7 +112,7 @@ class _Meter:
         self._fired = False
 
     def on_up(self, n: int) -> None:
-        """Called from the relay's threads: only counts, and hands signals to the loop."""
+        """Only counts, and hands a signal to the loop (safe to call from any thread)."""
         self.up += n
         if self._fired or self.up < self._session.policy.thresholds.exfil_min_bytes:
             return
