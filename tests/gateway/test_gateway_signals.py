@@ -83,3 +83,14 @@ def test_proc_net_parsing() -> None:
     assert socket_inode(PROC_NET_TCP, "127.0.0.1", 8081) is None
     assert socket_inode("header only\n", "127.0.0.1", 1) is None
     assert socket_inode(PROC_NET_TCP6, "fd7c:6f72:7261:1::2", 0x8CA0) == 9999
+
+
+def test_denial_reports_are_rate_limited() -> None:
+    from corral.gateway.session import _Limiter
+
+    now = [100.0]
+    limiter = _Limiter(3, clock=lambda: now[0])
+    assert [limiter.admit() for _ in range(5)] == [0, 0, 0, None, None]
+    now[0] += 1.5
+    assert limiter.admit() == 2  # the next report says how many were dropped
+    assert limiter.admit() == 0

@@ -386,10 +386,10 @@ class Gateway:
             self._sink.emit(Event(EventKind.NET_CONNECT, "unknown", data=data))
             return
         scan = session.scan.note(dst[0], dst[1], time.monotonic())
-        if not session.udp_event_allowed() and scan is None:
+        dropped = session.denial_report("udp")
+        if dropped is None and scan is None:
             return
-        data["suppressed_before"] = session.udp_suppressed
-        session.udp_suppressed = 0
+        data["suppressed_before"] = dropped or 0
         task = asyncio.get_running_loop().create_task(self._report_udp(session, src, data, scan))
         session.track(task)
 

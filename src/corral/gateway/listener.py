@@ -225,14 +225,17 @@ class TransparentListener:
             )
             base.update(verdict=decision.verdict, reason=decision.reason, rule=decision.rule)
             if not decision.allowed:
-                if pid is None:
-                    pid = await session.pid_of("tcp", peer)
-                session.emit(
-                    EventKind.NET_CONNECT,
-                    {**base, "phase": "decision", "bytes_up": 0, "bytes_down": 0,
-                     "peeked": len(first)},
-                    pid,
-                )
+                dropped = session.denial_report("tcp")
+                if dropped is not None:
+                    if pid is None:
+                        pid = await session.pid_of("tcp", peer)
+                    session.emit(
+                        EventKind.NET_CONNECT,
+                        {**base, "phase": "decision", "bytes_up": 0, "bytes_down": 0,
+                         "duration": round(time.monotonic() - started, 6),
+                         "peeked": len(first), "suppressed_before": dropped},
+                        pid,
+                    )
                 await refuse(conn, found, decision.reason)
                 return
 

@@ -21,6 +21,28 @@ def endpoint(addr: tuple[Any, ...]) -> str:
     return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
 
 
+class _Limiter:
+    """At most ``per_second`` admissions per one-second window; counts the rest."""
+
+    def __init__(self, per_second: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._per_second = per_second
+        self._clock = clock
+        self._window = 0.0
+        self._count = 0
+        self._dropped = 0
+
+    def admit(self) -> int | None:
+        now = self._clock()
+        if now - self._window >= 1.0:
+            self._window, self._count = now, 0
+        self._count += 1
+        if self._count > self._per_second:
+            self._dropped += 1
+            return None
+        dropped, self._dropped = self._dropped, 0
+        return dropped
+
+
 class Session:
     """One sandbox's state in the gateway: policy, DNS bindings, detectors, open flows."""
 
@@ -48,9 +70,7 @@ class Session:
         self.scan = ScanDetector(policy.thresholds)
         self.tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
-        self._udp_window = 0.0
-        self._udp_events = 0
-        self.udp_suppressed = 0
+        self._limiters = {"tcp": _Limiter(200), "udp": _Limiter(50)}
 
     # --- reporting ----------------------------------------------------------------
 
@@ -92,16 +112,12 @@ class Session:
         self.emit(EventKind.NET_SIGNAL, data, pid)
         return pid
 
-    def udp_event_allowed(self, *, per_second: int = 50) -> bool:
-        """Rate-limits UDP drop events so a flood cannot flood the audit log."""
-        now = time.monotonic()
-        if now - self._udp_window >= 1.0:
-            self._udp_window, self._udp_events = now, 0
-        self._udp_events += 1
-        if self._udp_events > per_second:
-            self.udp_suppressed += 1
-            return False
-        return True
+    def denial_report(self, transport: str) -> int | None:
+        """Rate-limits denial events so a flood cannot flood the audit log.
+
+        Returns None to drop this one, else how many were dropped before it.
+        """
+        return self._limiters[transport].admit()
 
     # --- flows ---------------------------------------------------------------------
 
