@@ -109,3 +109,21 @@ async def test_sweep_removes_namespaces_of_dead_owners_only() -> None:
         for name in stale:
             remove_netns(f"/run/netns/{name}")
     assert leftovers("crlsweep") == []
+
+
+def test_gateway_depends_only_on_errors_policy_events() -> None:
+    import ast
+
+    allowed = ("corral.errors", "corral.policy", "corral.events", "corral.gateway")
+    package = Path(corral.gateway.__file__).parent
+    for source in package.glob("*.py"):
+        tree = ast.parse(source.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                if name.startswith("corral"):
+                    assert name.startswith(allowed), f"{source.name} imports {name}"

@@ -125,6 +125,7 @@ class Gateway:
         self._pool: NamespacePool | None = None
         self._host_addresses: list[str] = []
         self._sessions: dict[str, Session] = {}
+        self._reserved: set[str] = set()
         self._by_address: dict[str, Session] = {}
         self._by_ifindex: dict[int, Session] = {}
         self._attachments: dict[str, Attachment] = {}
@@ -297,19 +298,17 @@ class Gateway:
             raise GatewayError(f"gateway is not running (state {self._state!r})")
         if not _SANDBOX_ID.match(sandbox_id):
             raise GatewayError(f"invalid sandbox id {sandbox_id!r}")
-        if sandbox_id in self._sessions:
+        if sandbox_id in self._sessions or sandbox_id in self._reserved:
             raise GatewayError(f"sandbox {sandbox_id!r} is already attached")
         compiled = compile_policy(policy, host_addresses=self._host_addresses)
-        # Reserve the id before awaiting, so a concurrent attach of the same id fails.
-        self._sessions[sandbox_id] = None  # type: ignore[assignment]
+        # Reserved while awaiting, so a concurrent attach of the same id fails.
+        self._reserved.add(sandbox_id)
         try:
             slot = await self._pool.take()
         except (*_SETUP_ERRORS, RuntimeError) as exc:
-            del self._sessions[sandbox_id]
             raise GatewayError(f"cannot make a network namespace: {exc}") from exc
-        except BaseException:
-            del self._sessions[sandbox_id]
-            raise
+        finally:
+            self._reserved.discard(sandbox_id)
         session = Session(
             sandbox_id=sandbox_id,
             episode_id=episode_id,
