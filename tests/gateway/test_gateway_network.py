@@ -374,3 +374,27 @@ async def test_close_cuts_open_flows(attach, simnet: SimNet) -> None:
     result = await asyncio.wait_for(running, 15)
     lines = result.out.splitlines()
     assert lines[0] == "hi" and lines[1].startswith("closed"), result
+
+
+FLOOD = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(400):
+    s.sendto(b"f", (sys.argv[1], 5353))
+time.sleep(1.2)
+s.sendto(b"last", (sys.argv[1], 5353))
+"""
+
+
+async def test_udp_flood_is_reported_in_bounded_form(attach, simnet: SimNet) -> None:
+    client = await attach(gateway_policy(EXAMPLE))
+    before = simnet.received("sink")
+    result = await client.python(FLOOD, simnet.ip("sink"))
+    assert result.rc == 0, result
+    await client.settle()
+    dropped = client.events(EventKind.NET_CONNECT, transport="udp")
+    assert 2 <= len(dropped) <= 60
+    assert dropped[-1].data["suppressed_before"] > 0
+    # Every datagram the kernel queued is accounted for, reported or counted.
+    assert 300 <= sum(1 + e.data["suppressed_before"] for e in dropped) <= 401
+    assert simnet.received("sink") == before

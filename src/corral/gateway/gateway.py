@@ -31,7 +31,13 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from corral.errors import GatewayError
 from corral.events import Event, EventKind, EventSink, NullSink
-from corral.gateway.dns import DnsServerProtocol, Resolver, SystemResolver, answer_query
+from corral.gateway.dns import (
+    DnsOutcome,
+    DnsServerProtocol,
+    Resolver,
+    SystemResolver,
+    answer_query,
+)
 from corral.gateway.listener import TransparentListener
 from corral.gateway.netns import (
     NETNS_DIR,
@@ -362,12 +368,25 @@ class Gateway:
         if session is None or session.closed:
             return None
         outcome = await answer_query(packet, session.policy, self._resolver, session.bindings)
+        # Reported after the reply is on its way: the pid lookup must not slow DNS down.
+        task = asyncio.get_running_loop().create_task(self._report_dns(session, peer, outcome))
+        session.track(task)
+        return outcome.reply
+
+    async def _report_dns(self, session: Session, peer: tuple[str, int],
+                          outcome: DnsOutcome) -> None:
         if outcome.name:
             for signal in dns_signals(outcome.name, session.policy.thresholds):
                 await session.raise_signal(signal, transport="udp", local=peer)
+        dropped = session.admit_report("dns")
+        if dropped is None:
+            return
         pid = None if outcome.allowed else await session.pid_of("udp", peer)
-        session.emit(EventKind.NET_DNS, {"src": endpoint(peer), **outcome.to_data()}, pid)
-        return outcome.reply
+        session.emit(
+            EventKind.NET_DNS,
+            {"src": endpoint(peer), **outcome.to_data(), "suppressed_before": dropped},
+            pid,
+        )
 
     def _udp_dropped(self, src: tuple[Any, ...], dst: tuple[str, int], size: int) -> None:
         session = self._lookup(src)
@@ -385,7 +404,7 @@ class Gateway:
             self._sink.emit(Event(EventKind.NET_CONNECT, "unknown", data=data))
             return
         scan = session.scan.note(dst[0], dst[1], time.monotonic())
-        dropped = session.denial_report("udp")
+        dropped = session.admit_report("udp")
         if dropped is None and scan is None:
             return
         data["suppressed_before"] = dropped or 0

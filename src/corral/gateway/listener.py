@@ -225,7 +225,7 @@ class TransparentListener:
             )
             base.update(verdict=decision.verdict, reason=decision.reason, rule=decision.rule)
             if not decision.allowed:
-                dropped = session.denial_report("tcp")
+                dropped = session.admit_report("tcp")
                 if dropped is not None:
                     if pid is None:
                         pid = await session.pid_of("tcp", peer)

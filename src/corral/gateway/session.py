@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from corral.events import Event, EventKind, EventSink
@@ -19,6 +20,12 @@ def endpoint(addr: tuple[Any, ...]) -> str:
     """``ip:port``, or ``[ip]:port`` for IPv6."""
     host = str(addr[0])
     return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+
+
+#: Reports per second kept for each kind; beyond that they are counted, not emitted.
+REPORT_RATES: Mapping[str, int] = MappingProxyType(
+    {"tcp": 200, "udp": 50, "dns": 200, "signal": 20}
+)
 
 
 class _Limiter:
@@ -70,7 +77,7 @@ class Session:
         self.scan = ScanDetector(policy.thresholds)
         self.tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
-        self._limiters = {"tcp": _Limiter(200), "udp": _Limiter(50)}
+        self._limiters: dict[str, _Limiter] = {}
 
     # --- reporting ----------------------------------------------------------------
 
@@ -102,22 +109,30 @@ class Session:
         pid: int | None = None,
     ) -> int | None:
         """Emits a NET_SIGNAL; looks the pid up first (while the socket still exists)."""
+        dropped = self.admit_report(f"signal:{signal.signal}")
+        if dropped is None:
+            return pid
         if pid is None:
             pid = await self.pid_of(transport, local)
         data: dict[str, Any] = {
             "signal": signal.signal,
             "severity": str(signal.severity),
             **signal.details,
+            "suppressed_before": dropped,
         }
         self.emit(EventKind.NET_SIGNAL, data, pid)
         return pid
 
-    def denial_report(self, transport: str) -> int | None:
-        """Rate-limits denial events so a flood cannot flood the audit log.
+    def admit_report(self, key: str) -> int | None:
+        """Rate-limits events so a flooding sandbox cannot flood the audit log.
 
-        Returns None to drop this one, else how many were dropped before it.
+        ``key`` is "tcp", "udp", "dns" or "signal:<name>". Returns None to drop this
+        event, else how many of its kind were dropped since the last one kept.
         """
-        return self._limiters[transport].admit()
+        limiter = self._limiters.get(key)
+        if limiter is None:
+            limiter = self._limiters[key] = _Limiter(REPORT_RATES[key.split(":")[0]])
+        return limiter.admit()
 
     # --- flows ---------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ its original destination) and is dropped, with an Event saying where it was goin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 from collections.abc import Callable
@@ -17,8 +18,14 @@ IPV6_RECVORIGDSTADDR = 74
 OnDatagram = Callable[[tuple[Any, ...], tuple[str, int], int], None]
 
 
+_SO_RCVBUFFORCE = 33
+
+
 def prepare_sink_socket(sock: socket.socket) -> None:
     """Makes ``sock`` able to receive tproxied datagrams and report their destination."""
+    # A deep queue, so a burst is reported (in rate-limited form) rather than lost.
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, 8 << 20)
     if sock.family == socket.AF_INET:
         sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
         sock.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
