@@ -97,9 +97,17 @@ class Attachment:
 class Gateway:
     """Intercepts, classifies, decides and relays every flow of the sandboxes attached to it.
 
-    ``resolver`` answers allowed names (default: the host's getaddrinfo). ``sink`` gets
-    events that belong to no attached sandbox. ``pool_size`` namespaces are kept ready.
     Every failure to start raises :class:`GatewayError` after removing what was made.
+    It must live on an event loop that keeps running: the loop does the relaying.
+
+    ``resolver``: upstream resolution of allowed names (default: the host's getaddrinfo).
+    ``sink``: events that belong to no attached sandbox (default: dropped).
+    ``pool_size``: namespaces kept ready so attach is instant (0: build on demand).
+    ``peek_timeout``: how long to wait for a client's first bytes before calling the
+    protocol "unknown" (server-speaks-first protocols send nothing).
+    ``connect_timeout``: for the gateway's own outbound connections.
+    ``name_prefix``: start of every namespace name (tests use their own).
+    ``nft``: the nft binary.
     """
 
     def __init__(
@@ -113,6 +121,8 @@ class Gateway:
         name_prefix: str = "corral",
         nft: str = "nft",
     ) -> None:
+        if pool_size < 0 or peek_timeout <= 0 or connect_timeout <= 0:
+            raise ValueError("pool_size must be >= 0 and timeouts > 0")
         self._resolver: Resolver = resolver or SystemResolver()
         self._sink: EventSink = sink or NullSink()
         self._pool_size = pool_size
