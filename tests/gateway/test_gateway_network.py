@@ -398,3 +398,35 @@ async def test_udp_flood_is_reported_in_bounded_form(attach, simnet: SimNet) -> 
     # Every datagram the kernel queued is accounted for, reported or counted.
     assert 300 <= sum(1 + e.data["suppressed_before"] for e in dropped) <= 401
     assert simnet.received("sink") == before
+
+
+TCP_DNS = """
+import socket, struct, sys
+def query(name, qid):
+    q = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\\0"
+    return q + struct.pack("!HH", 1, 1)
+# Any address on port 53: the gateway answers, it never relays DNS.
+s = socket.create_connection((sys.argv[1], 53), timeout=5)
+for qid, name in ((1, "example.sim.test"), (2, "evil.sim.test")):
+    msg = query(name, qid)
+    s.sendall(struct.pack("!H", len(msg)) + msg)
+    size = struct.unpack("!H", s.recv(2))[0]
+    reply = b""
+    while len(reply) < size:
+        reply += s.recv(size - len(reply))
+    print(name, reply[3] & 0x0F, socket.inet_ntoa(reply[-4:]) if reply[3] & 0x0F == 0 else "-")
+"""
+
+
+async def test_dns_over_tcp_is_answered_by_the_gateway(attach, simnet: SimNet) -> None:
+    client = await attach(gateway_policy(EXAMPLE))
+    before = simnet.received("sink")
+    result = await client.python(TCP_DNS, simnet.ip("sink"))
+    assert result.out.splitlines() == [
+        f"example.sim.test 0 {simnet.ip('web')}", "evil.sim.test 3 -"], result
+    await client.settle()
+    answered = client.events(EventKind.NET_DNS, transport="tcp")
+    assert {(e.data["name"], e.data["verdict"]) for e in answered} == {
+        ("example.sim.test", "allow"), ("evil.sim.test", "deny")}
+    assert simnet.received("sink") == before

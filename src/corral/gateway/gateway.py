@@ -274,6 +274,7 @@ class Gateway:
                 tcp,
                 self._lookup,
                 self._sink,
+                self._answer_dns,
                 peek_timeout=self._peek_timeout,
                 connect_timeout=self._connect_timeout,
             )
@@ -373,28 +374,34 @@ class Gateway:
 
     # --- DNS and UDP ---------------------------------------------------------------
 
-    async def _answer_dns(self, packet: bytes, peer: tuple[str, int]) -> bytes | None:
+    async def _answer_dns(
+        self, packet: bytes, peer: tuple[Any, ...], transport: str = "udp"
+    ) -> bytes | None:
         session = self._lookup(peer)
         if session is None or session.closed:
             return None
         outcome = await answer_query(packet, session.policy, self._resolver, session.bindings)
         # Reported after the reply is on its way: the pid lookup must not slow DNS down.
-        task = asyncio.get_running_loop().create_task(self._report_dns(session, peer, outcome))
+        task = asyncio.get_running_loop().create_task(
+            self._report_dns(session, peer, transport, outcome)
+        )
         session.track(task)
         return outcome.reply
 
-    async def _report_dns(self, session: Session, peer: tuple[str, int],
-                          outcome: DnsOutcome) -> None:
+    async def _report_dns(
+        self, session: Session, peer: tuple[Any, ...], transport: str, outcome: DnsOutcome
+    ) -> None:
         if outcome.name:
             for signal in dns_signals(outcome.name, session.policy.thresholds):
-                await session.raise_signal(signal, transport="udp", local=peer)
+                await session.raise_signal(signal, transport=transport, local=peer)
         dropped = session.admit_report("dns")
         if dropped is None:
             return
-        pid = None if outcome.allowed else await session.pid_of("udp", peer)
+        pid = None if outcome.allowed else await session.pid_of(transport, peer)
         session.emit(
             EventKind.NET_DNS,
-            {"src": endpoint(peer), **outcome.to_data(), "suppressed_before": dropped},
+            {"src": endpoint(peer), "transport": transport, **outcome.to_data(),
+             "suppressed_before": dropped},
             pid,
         )
 

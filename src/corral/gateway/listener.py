@@ -10,7 +10,7 @@ import contextlib
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from corral.events import Event, EventKind, EventSink
@@ -23,6 +23,11 @@ from corral.policy import Protocol
 _SO_ORIGINAL_DST = 80  # same value for IPv4 (SOL_IP) and IPv6 (IP6T_SO_ORIGINAL_DST)
 
 SessionLookup = Callable[[tuple[Any, ...]], Session | None]
+#: Answers one DNS message from a sandbox (message, peer, transport) -> reply or None.
+DnsHandler = Callable[[bytes, tuple[Any, ...], str], Awaitable[bytes | None]]
+#: DNS over TCP: messages per connection, and how long to wait for each.
+_DNS_TCP_MESSAGES = 100
+_DNS_TCP_IDLE = 5.0
 
 
 def original_destination(conn: socket.socket) -> tuple[str, int]:
@@ -143,11 +148,13 @@ class TransparentListener:
         sock: socket.socket,
         lookup: SessionLookup,
         fallback: EventSink,
+        dns: DnsHandler,
         *,
         peek_timeout: float,
         connect_timeout: float,
     ) -> None:
         self._sock = sock
+        self._dns = dns
         self._lookup = lookup
         self._fallback = fallback
         self._peek_timeout = peek_timeout
@@ -211,6 +218,11 @@ class TransparentListener:
             scan = session.scan.note(dst, port, time.monotonic())
             if scan is not None:
                 await session.raise_signal(scan, transport="tcp", local=peer)
+            if port == 53:
+                # DNS over TCP is answered here like DNS over UDP, never relayed: all name
+                # lookups pass the same policy and the same tunnelling detectors.
+                await self._serve_dns(conn, peer)
+                return
 
             first, found = await peek(conn, self._peek_timeout)
             base.update(found.to_data())
@@ -261,6 +273,33 @@ class TransparentListener:
                 upstream.close()
             if conn.fileno() != -1:
                 _reset(conn) if upstream is None else conn.close()
+
+    async def _serve_dns(self, conn: socket.socket, peer: tuple[Any, ...]) -> None:
+        loop = asyncio.get_running_loop()
+
+        async def read_exactly(size: int) -> bytes | None:
+            buf = b""
+            while len(buf) < size:
+                chunk = await asyncio.wait_for(loop.sock_recv(conn, size - len(buf)),
+                                               _DNS_TCP_IDLE)
+                if not chunk:
+                    return None
+                buf += chunk
+            return buf
+
+        try:
+            for _ in range(_DNS_TCP_MESSAGES):
+                head = await read_exactly(2)
+                message = await read_exactly(int.from_bytes(head, "big")) if head else None
+                if not message:
+                    break
+                reply = await self._dns(message, peer, "tcp")
+                if reply is None:
+                    break
+                await loop.sock_sendall(conn, len(reply).to_bytes(2, "big") + reply)
+        except (OSError, TimeoutError):
+            pass
+        conn.close()
 
     async def _connect(self, dst: str, port: int) -> tuple[socket.socket | None, str | None]:
         loop = asyncio.get_running_loop()
