@@ -39,10 +39,13 @@ async def attach(gateway: Gateway) -> AsyncIterator[Callable[..., object]]:
     etc_root_existed = etc_root.exists()
     counter = iter(range(1000))
 
-    async def make(policy: NetworkPolicy, *, step: int | None = 1) -> Client:
+    async def make(
+        policy: NetworkPolicy, *, step: int | Callable[[], int | None] | None = 1
+    ) -> Client:
         sink = MemorySink()
         sandbox_id = f"t{os.getpid()}-{next(counter)}"
-        attachment = await gateway.attach(sandbox_id, "episode-1", policy, sink, lambda: step)
+        current = step if callable(step) else (lambda: step)
+        attachment = await gateway.attach(sandbox_id, "episode-1", policy, sink, current)
         name = Path(attachment.netns_path).name
         # What the sandbox binds at /etc/resolv.conf and /etc/hosts; ip netns exec does
         # the same from /etc/netns/<name>.

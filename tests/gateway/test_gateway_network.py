@@ -362,7 +362,11 @@ except OSError as exc:
 async def test_close_cuts_open_flows(attach, simnet: SimNet) -> None:
     import asyncio
 
-    client = await attach(gateway_policy({"cidr": f"{simnet.ip('sink')}/32", "ports": [4444]}))
+    steps = [4]
+    client = await attach(
+        gateway_policy({"cidr": f"{simnet.ip('sink')}/32", "ports": [4444]}),
+        step=lambda: steps[0],
+    )
     before = simnet.received("sink")
     running = asyncio.ensure_future(client.python(HOLD, simnet.ip("sink"), timeout=30))
     for _ in range(200):  # until the relayed flow is open and echoed
@@ -370,10 +374,13 @@ async def test_close_cuts_open_flows(attach, simnet: SimNet) -> None:
             break
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.2)
+    steps[0] = 5  # the agent moved on; the flow still belongs to the step that opened it
     await client.attachment.close()
     result = await asyncio.wait_for(running, 15)
     lines = result.out.splitlines()
     assert lines[0] == "hi" and lines[1].startswith("closed"), result
+    (end,) = client.events(EventKind.NET_CONNECT, phase="end")
+    assert end.step == 4
 
 
 FLOOD = """

@@ -50,7 +50,7 @@ from corral.gateway.nft import TPROXY_MARK, TPROXY_TABLE, Ports, load_ruleset, r
 from corral.gateway.pool import NamespacePool, Slot
 from corral.gateway.rules import compile_policy
 from corral.gateway.session import Session, endpoint
-from corral.gateway.signals import dns_signals
+from corral.gateway.signals import Signal, dns_signals
 from corral.gateway.udp import UdpSink, prepare_sink_socket
 from corral.policy import NetworkPolicy
 
@@ -380,20 +380,26 @@ class Gateway:
         session = self._lookup(peer)
         if session is None or session.closed:
             return None
+        step = session.step()
         outcome = await answer_query(packet, session.policy, self._resolver, session.bindings)
         # Reported after the reply is on its way: the pid lookup must not slow DNS down.
         task = asyncio.get_running_loop().create_task(
-            self._report_dns(session, peer, transport, outcome)
+            self._report_dns(session, peer, transport, outcome, step)
         )
         session.track(task)
         return outcome.reply
 
     async def _report_dns(
-        self, session: Session, peer: tuple[Any, ...], transport: str, outcome: DnsOutcome
+        self,
+        session: Session,
+        peer: tuple[Any, ...],
+        transport: str,
+        outcome: DnsOutcome,
+        step: int | None,
     ) -> None:
         if outcome.name:
             for signal in dns_signals(outcome.name, session.policy.thresholds):
-                await session.raise_signal(signal, transport=transport, local=peer)
+                await session.raise_signal(signal, transport=transport, local=peer, step=step)
         dropped = session.admit_report("dns")
         if dropped is None:
             return
@@ -403,6 +409,7 @@ class Gateway:
             {"src": endpoint(peer), "transport": transport, **outcome.to_data(),
              "suppressed_before": dropped},
             pid,
+            step=step,
         )
 
     def _udp_dropped(self, src: tuple[Any, ...], dst: tuple[str, int], size: int) -> None:
@@ -425,15 +432,23 @@ class Gateway:
         if dropped is None and scan is None:
             return
         data["suppressed_before"] = dropped or 0
-        task = asyncio.get_running_loop().create_task(self._report_udp(session, src, data, scan))
+        task = asyncio.get_running_loop().create_task(
+            self._report_udp(session, src, data, scan, session.step())
+        )
         session.track(task)
 
-    async def _report_udp(self, session: Session, src: tuple[Any, ...],
-                          data: dict[str, Any], scan: Any) -> None:
+    async def _report_udp(
+        self,
+        session: Session,
+        src: tuple[Any, ...],
+        data: dict[str, Any],
+        scan: Signal | None,
+        step: int | None,
+    ) -> None:
         pid = await session.pid_of("udp", src)
         if scan is not None:
-            await session.raise_signal(scan, transport="udp", local=src, pid=pid)
-        session.emit(EventKind.NET_CONNECT, data, pid)
+            await session.raise_signal(scan, transport="udp", local=src, pid=pid, step=step)
+        session.emit(EventKind.NET_CONNECT, data, pid, step=step)
 
 
 def sweep_stale_namespaces(prefix: str = "corral") -> list[str]:

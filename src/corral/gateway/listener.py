@@ -105,9 +105,10 @@ async def refuse(conn: socket.socket, found: Classification, reason: str) -> Non
 class _Meter:
     """Counts a relayed flow's bytes and raises the exfiltration signal while it happens."""
 
-    def __init__(self, session: Session, peer: tuple[Any, ...], pid: int | None, dst: str,
-                 port: int) -> None:
+    def __init__(self, session: Session, peer: tuple[Any, ...], pid: int | None,
+                 step: int | None, dst: str, port: int) -> None:
         self._loop = asyncio.get_running_loop()
+        self._step = step
         self.up = 0
         self.down = 0
         self.pid = pid
@@ -133,7 +134,7 @@ class _Meter:
 
     async def _raise(self, found: Signal) -> None:
         self.pid = await self._session.raise_signal(
-            found, transport="tcp", local=self._peer, pid=self.pid
+            found, transport="tcp", local=self._peer, pid=self.pid, step=self._step
         )
 
     def on_down(self, n: int) -> None:
@@ -200,6 +201,7 @@ class TransparentListener:
 
     async def _handle(self, session: Session, conn: socket.socket, peer: tuple[Any, ...]) -> None:
         started = time.monotonic()
+        step = session.step()  # the agent step that opened the flow labels all its events
         upstream: socket.socket | None = None
         try:
             try:
@@ -210,6 +212,7 @@ class TransparentListener:
                     EventKind.NET_CONNECT,
                     {"transport": "tcp", "verdict": "deny", "phase": "decision",
                      "reason": f"no original destination: {exc}"},
+                    step=step,
                 )
                 return
             base: dict[str, Any] = {"transport": "tcp", "src": endpoint(peer),
@@ -217,7 +220,7 @@ class TransparentListener:
 
             scan = session.scan.note(dst, port, time.monotonic())
             if scan is not None:
-                await session.raise_signal(scan, transport="tcp", local=peer)
+                await session.raise_signal(scan, transport="tcp", local=peer, step=step)
             if port == 53:
                 # DNS over TCP is answered here like DNS over UDP, never relayed: all name
                 # lookups pass the same policy and the same tunnelling detectors.
@@ -230,7 +233,7 @@ class TransparentListener:
             detail = found.ssh_banner or found.stratum_method
             sig = protocol_signal(found.protocol, dst, port, detail)
             if sig is not None:
-                pid = await session.raise_signal(sig, transport="tcp", local=peer)
+                pid = await session.raise_signal(sig, transport="tcp", local=peer, step=step)
 
             decision = session.policy.decide(
                 dst, port, found.protocol, found.server_name, session.bindings.addresses
@@ -247,12 +250,14 @@ class TransparentListener:
                          "duration": round(time.monotonic() - started, 6),
                          "peeked": len(first), "suppressed_before": dropped},
                         pid,
+                        step=step,
                     )
                 await refuse(conn, found, decision.reason)
                 return
 
             upstream, error = await self._connect(dst, port)
-            meter = _Meter(session, peer, pid, dst, port)
+            meter = _Meter(session, peer, pid, step, dst, port)
+            cancelled: asyncio.CancelledError | None = None
             if upstream is not None:
                 try:
                     await asyncio.get_running_loop().sock_sendall(upstream, first)
@@ -260,6 +265,10 @@ class TransparentListener:
                     error = await relay(conn, upstream, meter.on_up, meter.on_down)
                 except OSError as exc:
                     error = f"{type(exc).__name__}: {exc}"
+                except asyncio.CancelledError as exc:
+                    # Detach or stop cut the flow: still record how it ended, then go on
+                    # being cancelled.
+                    error, cancelled = "cut: sandbox detached or gateway stopped", exc
             session.emit(
                 EventKind.NET_CONNECT,
                 {**base, "phase": "end", "bytes_up": meter.up, "bytes_down": meter.down,
@@ -267,7 +276,10 @@ class TransparentListener:
                 # Looking every allowed flow's owner up would cost more than the relay
                 # itself; it is known when a signal already needed it.
                 meter.pid,
+                step=step,
             )
+            if cancelled is not None:
+                raise cancelled
         finally:
             if upstream is not None:
                 upstream.close()

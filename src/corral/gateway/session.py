@@ -50,6 +50,13 @@ class _Limiter:
         return dropped
 
 
+class _Current:
+    """Marker: no step was captured, ask ``step()`` now."""
+
+
+CURRENT_STEP = _Current()
+
+
 class Session:
     """One sandbox's state in the gateway: policy, DNS bindings, detectors, open flows."""
 
@@ -81,13 +88,22 @@ class Session:
 
     # --- reporting ----------------------------------------------------------------
 
-    def emit(self, kind: EventKind, data: dict[str, Any], pid: int | None = None) -> None:
+    def emit(
+        self,
+        kind: EventKind,
+        data: dict[str, Any],
+        pid: int | None = None,
+        *,
+        step: int | _Current | None = CURRENT_STEP,
+    ) -> None:
+        """Emits one event. ``step``: the agent step that caused it, if captured earlier
+        (a flow's events all carry the step it was opened in); else the current one."""
         self.sink.emit(
             Event(
                 kind=kind,
                 sandbox_id=self.sandbox_id,
                 episode_id=self.episode_id,
-                step=self.step(),
+                step=self.step() if isinstance(step, _Current) else step,
                 pid=pid,
                 data=data,
             )
@@ -107,6 +123,7 @@ class Session:
         transport: str,
         local: tuple[Any, ...] | None,
         pid: int | None = None,
+        step: int | _Current | None = CURRENT_STEP,
     ) -> int | None:
         """Emits a NET_SIGNAL; looks the pid up first (while the socket still exists)."""
         dropped = self.admit_report(f"signal:{signal.signal}")
@@ -120,7 +137,7 @@ class Session:
             **signal.details,
             "suppressed_before": dropped,
         }
-        self.emit(EventKind.NET_SIGNAL, data, pid)
+        self.emit(EventKind.NET_SIGNAL, data, pid, step=step)
         return pid
 
     def admit_report(self, key: str) -> int | None:
@@ -151,4 +168,4 @@ class Session:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-__all__ = ["Session", "endpoint"]
+__all__ = ["CURRENT_STEP", "Session", "endpoint"]
