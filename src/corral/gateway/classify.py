@@ -8,7 +8,7 @@ feeding it at a byte or time limit and then asks for a final answer.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from corral.policy import Protocol
 
@@ -56,7 +56,6 @@ class Classification:
     ssh_banner: str | None = None
     stratum_method: str | None = None
     detail: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
     def to_data(self) -> dict[str, str]:
         out: dict[str, str] = {"protocol": str(self.protocol)}

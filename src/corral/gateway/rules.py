@@ -85,7 +85,8 @@ class DomainPattern:
 
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
-    """One enforced allow rule. ``ports`` None means any port; ``protocols`` is never empty."""
+    """One enforced allow rule. ``ports`` None: any port. ``protocols`` empty: matches nothing
+    (a domain rule naming only ssh/stratum, which carry no name to check)."""
 
     index: int
     protocols: frozenset[Protocol]
@@ -203,8 +204,10 @@ class CompiledPolicy:
             return f"no rule allows {ip}:{port} ({protocol}, no SNI/Host)"
         if not self.name_allowed(server_name):
             return f"{server_name} is not an allowed domain"
-        return f"{server_name} did not resolve to {ip} through the gateway, or port {port} " \
-            "is not allowed"
+        return (
+            f"{server_name} did not resolve to {ip} through the gateway, "
+            f"or port {port} is not allowed for it"
+        )
 
 
 def compile_policy(
