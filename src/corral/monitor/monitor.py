@@ -18,6 +18,7 @@ import asyncio
 import itertools
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,9 @@ ArgvChecker = Callable[[list[str]], Any]
 _GUARD_ERRORS = (CorralError, ValueError, TypeError, LookupError, AttributeError, RecursionError)
 
 
+_KEEP_CLOSED = 256
+
+
 class Monitor:
     """Watches sandboxes; an :class:`EventSink` for the sandbox's and gateway's events.
 
@@ -85,6 +89,9 @@ class Monitor:
         self._responder = Responder(self._table, self.config.kill_scope)
         self._cpu = CpuSaturation(self.config.cpu_saturation, self.config.cpu_saturation_seconds)
         self._sandboxes: dict[str, WatchedSandbox] = {}
+        # Violations of sandboxes that closed, kept (bounded) so a result that raced the
+        # close (e.g. an episode ended by a response) can still report what was caught.
+        self._closed: OrderedDict[str, ViolationStore] = OrderedDict()
         self._held: dict[int, list[Callable[[], None]]] = {}
         self._hash_cache: dict[tuple[int, int, int, int], str | None] = {}
         self._hash_slots = asyncio.Semaphore(2)
@@ -172,6 +179,9 @@ class Monitor:
         for record in self._table.all_records(sandbox_id):
             self._flush(record.key)
         del self._sandboxes[sandbox_id]
+        self._closed[sandbox_id] = sandbox.violations
+        while len(self._closed) > _KEEP_CLOSED:
+            self._closed.popitem(last=False)
         self._table.unwatch_uid(sandbox.handle.uid)
         if self._persistence is not None:
             self._persistence.unwatch(sandbox_id)
@@ -181,9 +191,10 @@ class Monitor:
     ) -> tuple[list[dict[str, Any]], int]:
         """Violations after ``cursor`` as dicts, and the next cursor. Unknown sandbox: none."""
         sandbox = self._sandboxes.get(sandbox_id)
-        if sandbox is None:
+        store = sandbox.violations if sandbox is not None else self._closed.get(sandbox_id)
+        if store is None:
             return [], cursor
-        return sandbox.violations.since(cursor)
+        return store.since(cursor)
 
     def processes(self, sandbox_id: str) -> list[dict[str, Any]]:
         """Every process seen in the sandbox (live and recently exited), oldest first."""

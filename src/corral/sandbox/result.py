@@ -22,7 +22,9 @@ class ExecResult:
 
     ``exit_code`` follows the shell: the status for a normal exit, 128 + N when
     killed by signal N (``signal`` is then N). ``truncated`` means output went
-    past the policy's output cap and only the first bytes are kept.
+    past the policy's output cap and only the first bytes are kept. ``denied``
+    means the guard refused the command and it never ran; ``violations`` holds
+    what the guard, monitor or gateway found, one dict each.
     """
 
     exit_code: int
@@ -36,6 +38,7 @@ class ExecResult:
     max_rss: int = 0
     step: int | None = None
     pid: int | None = None
+    denied: bool = False
     violations: list[dict[str, Any]] = field(default_factory=list)
 
     @property

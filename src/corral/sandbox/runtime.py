@@ -411,6 +411,18 @@ class AsyncSandbox:
         await self.close()
 
     @property
+    def sandbox_id(self) -> str:
+        return self.id
+
+    @property
+    def watch_paths(self) -> list[str]:
+        """Host-visible paths of the sandbox's writable dirs (through its init's root)."""
+        if self.init_pid is None:
+            return []
+        dirs = (self.policy.filesystem.workspace_path, SANDBOX_HOME)
+        return [f"/proc/{self.init_pid}/root{d}" for d in dirs]
+
+    @property
     def closed(self) -> bool:
         return self._closed_reason is not None
 
