@@ -437,3 +437,23 @@ async def test_dns_over_tcp_is_answered_by_the_gateway(attach, simnet: SimNet) -
     assert {(e.data["name"], e.data["verdict"]) for e in answered} == {
         ("example.sim.test", "allow"), ("evil.sim.test", "deny")}
     assert simnet.received("sink") == before
+
+
+RAW = """
+import socket, sys
+# ICMP echo and a raw SCTP-numbered packet, as a process that could open raw sockets would.
+icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+icmp.sendto(bytes([8, 0, 0xF7, 0xFF, 0, 0, 0, 0]), (sys.argv[1], 0))
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, 132)
+raw.sendto(b"x" * 12, (sys.argv[1], 0))
+"""
+
+
+async def test_other_protocols_dropped_and_logged(attach, simnet: SimNet) -> None:
+    client = await attach(gateway_policy({"cidr": f"{simnet.ip('sink')}/32"}))
+    # Root inside the namespace only to get raw sockets; the sandbox uid has none.
+    result = await client.python(RAW, simnet.ip("sink"), uid=0)
+    assert result.rc == 0, result
+    await client.settle()
+    dropped = client.events(EventKind.NET_CONNECT, dst=simnet.ip("sink"), verdict="deny")
+    assert {e.data["transport"] for e in dropped} == {"icmp", "sctp"}

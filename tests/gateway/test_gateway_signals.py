@@ -94,3 +94,28 @@ def test_denial_reports_are_rate_limited() -> None:
     now[0] += 1.5
     assert limiter.admit() == 2  # the next report says how many were dropped
     assert limiter.admit() == 0
+
+
+def test_nflog_messages_parse() -> None:
+    import socket
+    import struct
+
+    from corral.gateway.nflog import bind_messages, parse_ip, parse_messages
+
+    ip4 = bytes([0x45, 0, 0, 28, 0, 0, 0, 0, 64, 1, 0, 0]) + socket.inet_aton(
+        "169.254.1.2") + socket.inet_aton("203.0.113.99") + bytes(8)
+    assert parse_ip(ip4) == ("169.254.1.2", "203.0.113.99", "icmp")
+    assert parse_ip(b"\x00" * 10) is None
+
+    def attr(kind: int, payload: bytes) -> bytes:
+        length = 4 + len(payload)
+        return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
+
+    body = struct.pack("!BBH", 2, 0, 1) + attr(4, struct.pack("!I", 7)) + attr(9, ip4)
+    message = struct.pack("=IHHII", 16 + len(body), 4 << 8, 0, 0, 0) + body
+    (packet,), error = parse_messages(message + message[:10])
+    assert error is None and packet.in_ifindex == 7 and packet.size == 28
+    assert packet.dst == "203.0.113.99" and packet.protocol == "icmp"
+    nack = struct.pack("=IHHII", 36, 2, 0, 1, 0) + struct.pack("=i", -1) + bytes(16)
+    assert parse_messages(nack) == ([], 1)
+    assert all(m[4:6] == struct.pack("=H", (4 << 8) | 1) for m in bind_messages(1))

@@ -46,7 +46,15 @@ from corral.gateway.netns import (
     run_on_thread,
     write_sysctl,
 )
-from corral.gateway.nft import TPROXY_MARK, TPROXY_TABLE, Ports, load_ruleset, render_ruleset
+from corral.gateway.nflog import LoggedPacket, NflogReader, open_nflog
+from corral.gateway.nft import (
+    NFLOG_GROUP,
+    TPROXY_MARK,
+    TPROXY_TABLE,
+    Ports,
+    load_ruleset,
+    render_ruleset,
+)
 from corral.gateway.pool import NamespacePool, Slot
 from corral.gateway.rules import compile_policy
 from corral.gateway.session import Session, endpoint
@@ -138,6 +146,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._dns: list[tuple[asyncio.DatagramTransport, DnsServerProtocol]] = []
         self._sinks: list[UdpSink] = []
+        self._nflog: NflogReader | None = None
         self._pool: NamespacePool | None = None
         self._host_addresses: list[str] = []
         self._sessions: dict[str, Session] = {}
@@ -215,6 +224,9 @@ class Gateway:
         for udp in self._sinks:
             udp.stop()
         self._sinks.clear()
+        if self._nflog is not None:
+            self._nflog.stop()
+            self._nflog = None
         for sock in self._sockets:
             sock.close()
         self._sockets.clear()
@@ -249,6 +261,7 @@ class Gateway:
                     dns.bind((any_addr, 0))
                     prepare_sink_socket(udp)
                     udp.bind((any_addr, 0))
+                made.append(open_nflog(NFLOG_GROUP))
             except OSError:
                 for sock in made:
                     sock.close()
@@ -256,7 +269,7 @@ class Gateway:
             return made
 
         self._sockets = await asyncio.to_thread(run_on_thread, open_all, netns=path)
-        tcp4, dns4, udp4, tcp6, dns6, udp6 = self._sockets
+        tcp4, dns4, udp4, tcp6, dns6, udp6, _ = self._sockets
         return Ports(
             tcp4=tcp4.getsockname()[1],
             tcp6=tcp6.getsockname()[1],
@@ -268,7 +281,9 @@ class Gateway:
 
     async def _start_serving(self) -> None:
         loop = asyncio.get_running_loop()
-        tcp4, dns4, udp4, tcp6, dns6, udp6 = self._sockets
+        tcp4, dns4, udp4, tcp6, dns6, udp6, nflog = self._sockets
+        self._nflog = NflogReader(nflog, self._other_dropped)
+        self._nflog.start()
         for tcp in (tcp4, tcp6):
             listener = TransparentListener(
                 tcp,
@@ -436,6 +451,24 @@ class Gateway:
             self._report_udp(session, src, data, scan, session.step())
         )
         session.track(task)
+
+    def _other_dropped(self, packet: LoggedPacket) -> None:
+        session = self._by_ifindex.get(packet.in_ifindex or -1) or self._lookup((packet.src, 0))
+        data = {
+            "transport": packet.protocol,
+            "src": packet.src,
+            "dst": packet.dst,
+            "bytes_up": packet.size,
+            "verdict": "deny",
+            "reason": "only TCP and UDP leave a sandbox, through the gateway",
+            "phase": "decision",
+        }
+        if session is None:
+            self._sink.emit(Event(EventKind.NET_CONNECT, "unknown", data=data))
+            return
+        dropped = session.admit_report("other")
+        if dropped is not None:
+            session.emit(EventKind.NET_CONNECT, {**data, "suppressed_before": dropped})
 
     async def _report_udp(
         self,

@@ -19,6 +19,8 @@ LINK_PREFIX = "cg"
 TPROXY_MARK = 1
 #: Policy-routing table with the "everything is local" route tproxy needs.
 TPROXY_TABLE = 100
+#: NFLOG group (per namespace) that receives dropped packets of other protocols.
+NFLOG_GROUP = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,7 @@ def render_ruleset(ports: Ports) -> str:
     links = f'"{LINK_PREFIX}*"'
     mark = f"0x{TPROXY_MARK:08x}"
     udp_other = f"udp dport != 53 meta mark set {mark}"
+    on_link = "fib daddr type { local, multicast, broadcast, anycast }"
     return f"""
 table inet {TABLE}
 delete table inet {TABLE}
@@ -48,6 +51,14 @@ table inet {TABLE} {{
         type filter hook prerouting priority mangle; policy accept;
         iifname {links} meta nfproto ipv4 {udp_other} tproxy ip to :{ports.udp4} accept
         iifname {links} meta nfproto ipv6 {udp_other} tproxy ip6 to :{ports.udp6} accept
+        # Neither TCP nor UDP and meant for another host (ping, raw IP, SCTP...): logged to
+        # the gateway (an Event) and dropped. Link chatter (neighbour discovery to local or
+        # multicast addresses) goes on to the input filter. A failed route lookup (every
+        # remote address: this namespace has no routes out) doesn't match the first rule.
+        iifname {links} meta l4proto != {{ tcp, udp }} {on_link} counter accept
+        iifname {links} meta l4proto != {{ tcp, udp }} ip6 daddr ff00::/8 accept
+        iifname {links} meta l4proto != {{ tcp, udp }} ip daddr 224.0.0.0/4 accept
+        iifname {links} meta l4proto != {{ tcp, udp }} counter log group {NFLOG_GROUP} drop
     }}
     # Every TCP connection, to any address and port, goes to the transparent listener;
     # every DNS datagram to the gateway's resolver.
@@ -101,5 +112,13 @@ async def load_ruleset(netns_name: str, ruleset: str, *, nft: str = "nft") -> No
         raise GatewayError(f"nft refused the gateway ruleset: {err.decode(errors='replace')}")
 
 
-__all__ = ["LINK_PREFIX", "TABLE", "TPROXY_MARK", "TPROXY_TABLE", "Ports", "load_ruleset",
-           "render_ruleset"]
+__all__ = [
+    "LINK_PREFIX",
+    "NFLOG_GROUP",
+    "TABLE",
+    "TPROXY_MARK",
+    "TPROXY_TABLE",
+    "Ports",
+    "load_ruleset",
+    "render_ruleset",
+]

@@ -24,7 +24,7 @@ def endpoint(addr: tuple[Any, ...]) -> str:
 
 #: Reports per second kept for each kind; beyond that they are counted, not emitted.
 REPORT_RATES: Mapping[str, int] = MappingProxyType(
-    {"tcp": 200, "udp": 50, "dns": 200, "signal": 20}
+    {"tcp": 200, "udp": 50, "other": 50, "dns": 200, "signal": 20}
 )
 
 
