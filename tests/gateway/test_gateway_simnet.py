@@ -51,3 +51,10 @@ async def test_dns_and_https_with_the_test_ca(simnet: SimNet) -> None:
     page = await asyncio.to_thread(fetch)
     assert "200 OK" in page and simnet.wheel_name in page and "sha256=" in page
     assert urllib.request is not None
+
+
+async def test_only_one_simulated_internet_at_a_time(simnet: SimNet) -> None:
+    second = SimNet()
+    with pytest.raises(RuntimeError, match="already running"):
+        await second.__aenter__()
+    assert simnet.received() >= 0 and second.hosts == {} and second.tmp is None

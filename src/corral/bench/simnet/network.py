@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -24,10 +25,16 @@ def check_sim_address(ip: str) -> None:
         raise ValueError(f"{ip} is not a test-host address in {SIM_NETWORKS}")
 
 
-def create_bridge(name: str) -> None:
+#: Bridges are tagged ``<ALIAS_TAG><owner pid>`` so a later run can remove a dead run's net.
+ALIAS_TAG = "corral-simnet-owner:"
+
+
+def create_bridge(name: str, tag: str) -> None:
+    """The simnet's bridge; ``tag`` (after the owner pid) names what else belongs to it."""
     with IPRoute() as ipr:
         ipr.link("add", ifname=name, kind="bridge")
         index = ipr.link_lookup(ifname=name)[0]
+        ipr.link("set", index=index, ifalias=f"{ALIAS_TAG}{os.getpid()}:{tag}")
         # No IPv6 on the bridge: the simulated internet is IPv4 only and stays silent.
         write_sysctl(f"net.ipv6.conf.{name}.disable_ipv6", "1")
         for ip in BRIDGE_ADDRESSES:
@@ -41,6 +48,27 @@ def delete_link(name: str) -> None:
         if found:
             with contextlib.suppress(NetlinkError):
                 ipr.link("del", index=found[0])
+
+
+def existing_bridges() -> list[tuple[str, int, str, bool]]:
+    """Simnet bridges on this host: (name, owner pid, tag, owner alive)."""
+    found = []
+    with IPRoute() as ipr:
+        for link in ipr.get_links():
+            alias = link.get_attr("IFLA_IFALIAS") or ""
+            if not alias.startswith(ALIAS_TAG):
+                continue
+            pid_text, _, tag = alias[len(ALIAS_TAG) :].partition(":")
+            try:
+                pid = int(pid_text)
+                os.kill(pid, 0)
+                alive = True
+            except ProcessLookupError:
+                alive = False
+            except (PermissionError, ValueError):
+                continue
+            found.append((link.get_attr("IFLA_IFNAME"), pid, tag, alive))
+    return found
 
 
 def create_host(netns_name: str, host_link: str, bridge: str, ip: str) -> str:
@@ -72,10 +100,12 @@ def create_host(netns_name: str, host_link: str, bridge: str, ip: str) -> str:
 
 
 __all__ = [
+    "ALIAS_TAG",
     "BRIDGE_ADDRESSES",
     "SIM_NETWORKS",
     "check_sim_address",
     "create_bridge",
     "create_host",
     "delete_link",
+    "existing_bridges",
 ]

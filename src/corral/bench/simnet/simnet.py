@@ -31,6 +31,7 @@ from corral.bench.simnet.network import (
     create_bridge,
     create_host,
     delete_link,
+    existing_bridges,
 )
 from corral.bench.simnet.servers import (
     CountingDatagram,
@@ -96,6 +97,21 @@ class SimHost:
     @property
     def received(self) -> int:
         return self.counter.total
+
+
+def _remove_leftovers(bridge: str, tag: str) -> None:
+    """Removes what a killed run left: its bridge, host links, namespaces and temp dir."""
+    prefix, _, rest = tag.partition(":")
+    token, _, tmp = rest.partition(":")
+    if tmp.startswith(f"{tempfile.gettempdir()}/corral-simnet-"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    for i, spec in enumerate(HOSTS):
+        with contextlib.suppress(OSError, NetlinkError):
+            delete_link(f"{prefix}h{token}{i}")
+        with contextlib.suppress(OSError):
+            remove_netns(netns_path(f"{prefix}-sim-{token}-{spec.name}"))
+    with contextlib.suppress(OSError, NetlinkError):
+        delete_link(bridge)
 
 
 class SimNet:
@@ -177,10 +193,15 @@ class SimNet:
         await asyncio.to_thread(self._remove_network)
 
     def _build_network(self) -> None:
+        # One simulated internet per host: two would claim the same addresses and routes.
+        for name, pid, tag, alive in existing_bridges():
+            if alive:
+                raise RuntimeError(f"a simulated internet is already running (pid {pid})")
+            _remove_leftovers(name, tag)
         self.tmp = Path(tempfile.mkdtemp(prefix="corral-simnet-"))
         # Clients run as an unprivileged uid and must read the CA (the keys stay 0600).
         self.tmp.chmod(0o755)
-        create_bridge(self.bridge)
+        create_bridge(self.bridge, f"{self._prefix}:{self._token}:{self.tmp}")
         self._bridge_made = True
         for i, spec in enumerate(HOSTS):
             ns = f"{self._prefix}-sim-{self._token}-{spec.name}"
