@@ -457,3 +457,24 @@ async def test_other_protocols_dropped_and_logged(attach, simnet: SimNet) -> Non
     await client.settle()
     dropped = client.events(EventKind.NET_CONNECT, dst=simnet.ip("sink"), verdict="deny")
     assert {e.data["transport"] for e in dropped} == {"icmp", "sctp"}
+
+
+async def test_address_the_host_gains_later_is_refused(attach, simnet: SimNet) -> None:
+    import asyncio
+
+    from corral.gateway.listener import is_host_address
+
+    late = "198.51.100.254"
+    client = await attach(gateway_policy({"cidr": "198.51.100.0/24"}))
+    add = await asyncio.create_subprocess_exec(
+        "ip", "addr", "add", f"{late}/32", "dev", simnet.bridge)
+    assert await add.wait() == 0
+    try:
+        assert is_host_address(late) and not is_host_address("198.51.100.253")
+        result = await client.run("curl", "-sS", "-m", "10", "-D", "-", f"http://{late}:22/")
+        assert "403" in result.out.splitlines()[0] and "of this host" in result.out, result
+    finally:
+        delete = await asyncio.create_subprocess_exec(
+            "ip", "addr", "del", f"{late}/32", "dev", simnet.bridge)
+        await delete.wait()
+    assert not is_host_address(late)

@@ -16,6 +16,7 @@ from typing import Any
 from corral.events import Event, EventKind, EventSink
 from corral.gateway.classify import MAX_PEEK, Classification, classify
 from corral.gateway.relay import relay
+from corral.gateway.rules import Decision
 from corral.gateway.session import Session, endpoint
 from corral.gateway.signals import Signal, exfil_signal, protocol_signal
 from corral.policy import Protocol
@@ -59,6 +60,20 @@ async def peek(conn: socket.socket, timeout: float) -> tuple[bytes, Classificati
         if found is not None:
             return bytes(buf), found
     return bytes(buf), classify(bytes(buf), final=True) or Classification(Protocol.UNKNOWN)
+
+
+def is_host_address(ip: str) -> bool:
+    """Whether ``ip`` is one of this (host) namespace's addresses right now.
+
+    Binding succeeds only to a local address, so this is one cheap syscall.
+    """
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((ip, 0))
+        except OSError:
+            return False
+    return True
 
 
 def _reset(conn: socket.socket) -> None:
@@ -238,6 +253,10 @@ class TransparentListener:
             decision = session.policy.decide(
                 dst, port, found.protocol, found.server_name, session.bindings.addresses
             )
+            if decision.allowed and is_host_address(dst):
+                # Addresses the host gained after the gateway started aren't in the policy's
+                # list; this host's own services are never a destination.
+                decision = Decision(False, f"{dst} is an address of this host")
             base.update(verdict=decision.verdict, reason=decision.reason, rule=decision.rule)
             if not decision.allowed:
                 dropped = session.admit_report("tcp")
@@ -327,4 +346,4 @@ class TransparentListener:
         return sock, None
 
 
-__all__ = ["TransparentListener", "original_destination", "peek", "refuse"]
+__all__ = ["TransparentListener", "is_host_address", "original_destination", "peek", "refuse"]
