@@ -36,7 +36,11 @@ async def attach(gateway: Gateway) -> AsyncIterator[Callable[..., object]]:
     """``await attach(policy)`` gives a Client; all are closed (and checked gone) afterwards."""
     made: list[tuple[Client, Path]] = []
     etc_root = Path("/etc/netns")
-    etc_root_existed = etc_root.exists()
+    # A killed earlier run may have left /etc/netns/<name> for a namespace long gone.
+    for stale in etc_root.glob("corral-*") if etc_root.exists() else []:
+        if not (Path("/run/netns") / stale.name).exists():
+            shutil.rmtree(stale, ignore_errors=True)
+    etc_root_existed = etc_root.exists() and any(etc_root.iterdir())
     counter = iter(range(1000))
 
     async def make(
