@@ -15,6 +15,23 @@ Using it from a sandbox launcher::
     ...
     await att.close()                        # after the sandbox's processes are gone
     await gateway.stop()
+
+Events (``Event.data`` keys; ``pid`` is the host pid when it could be found, ``step`` the
+agent step that opened the flow or sent the query):
+
+* ``net.connect``: ``transport`` (tcp, udp, icmp, ...), ``src``, ``dst``, ``port``,
+  ``verdict`` (allow/deny), ``reason``, ``rule`` (index of the allow rule), ``phase``
+  (``decision`` for a refusal, ``end`` when an allowed flow closes), ``protocol``,
+  ``server_name``, ``http_method``, ``http_path``, ``ssh_banner``, ``stratum_method``,
+  ``bytes_up``, ``bytes_down``, ``duration``, ``error``, ``suppressed_before``.
+* ``net.dns``: ``name``, ``qtype``, ``verdict``, ``reason``, ``answers``, ``rcode``,
+  ``transport``, ``src``, ``suppressed_before``.
+* ``net.signal``: ``signal`` (ssh_outbound, mining_stratum, mining_pool_dns,
+  tunnel_service_dns, dns_tunnel, scan, exfiltration), ``severity`` (low..critical, the
+  keys of ResponsePolicy), details, ``suppressed_before``.
+
+``suppressed_before`` counts events of the same kind dropped by the per-sandbox rate
+limit since the previous one (a flooding sandbox can't flood the audit log).
 """
 
 from corral.gateway.dns import DnsServerResolver, Resolver, SystemResolver
