@@ -118,3 +118,16 @@ def test_silence_is_unknown() -> None:
     assert classify(b"") is None
     found = classify(b"", final=True)
     assert found is not None and found.protocol is Protocol.UNKNOWN
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'  \n{"id": 1, "method": "mining.subscribe", "params": []}\n',
+        b'[{"id": 1, "method": "login", "params": {}}]\n',
+        b'{"id": 1, "method": "mining.authorize", "params": ["w", "x"]} trailing\n',
+    ],
+)
+def test_stratum_cannot_hide_behind_json_variants(data: bytes) -> None:
+    found = classify(data)
+    assert found is not None and found.protocol is Protocol.STRATUM

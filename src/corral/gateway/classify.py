@@ -8,6 +8,7 @@ feeding it at a byte or time limit and then asks for a final answer.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from corral.policy import Protocol
@@ -267,22 +268,34 @@ def _strip_port(host: str) -> str:
 # --- stratum --------------------------------------------------------------------
 
 
+_METHOD_FIELD = re.compile(rb'"method"\s*:\s*"([A-Za-z0-9_.]{1,64})"')
+
+
 def _stratum(data: bytes, final: bool) -> _Result:
-    # Stratum is newline-delimited JSON-RPC; the first message names the method.
-    if data[:1] != b"{":
+    # Stratum is newline-delimited JSON-RPC; the first message names the method. Leading
+    # whitespace and batches ([{...}]) are valid JSON-RPC too, so they can't hide it.
+    body = data.lstrip()
+    if not body:
+        return None if not final and len(data) < 64 else _NOT_THIS
+    if body[:1] not in (b"{", b"["):
         return _NOT_THIS
-    newline = data.find(b"\n")
+    newline = body.find(b"\n")
     if newline == -1 and len(data) < MAX_PEEK and not final:
         return None
-    line = data[: newline if newline != -1 else len(data)]
+    line = body[: newline if newline != -1 else len(body)]
     try:
         message = json.loads(line)
     except ValueError:
-        return Classification(Protocol.UNKNOWN, detail="json-like but not JSON")
-    method = message.get("method") if isinstance(message, dict) else None
-    if isinstance(method, str) and (method in STRATUM_METHODS or method.startswith("mining.")):
-        return Classification(Protocol.STRATUM, stratum_method=method[:64])
-    return Classification(Protocol.UNKNOWN, detail="json-rpc")
+        message = None
+    messages = message if isinstance(message, list) else [message]
+    methods = [m.get("method") for m in messages if isinstance(m, dict)]
+    if message is None:
+        # Not valid JSON, but a server might still accept it: look for the method field.
+        methods = [found.decode() for found in _METHOD_FIELD.findall(line)]
+    for method in methods:
+        if isinstance(method, str) and (method in STRATUM_METHODS or method.startswith("mining.")):
+            return Classification(Protocol.STRATUM, stratum_method=method[:64])
+    return Classification(Protocol.UNKNOWN, detail="json-rpc" if methods else "json-like")
 
 
 __all__ = ["MAX_PEEK", "STRATUM_METHODS", "UNKNOWN", "Classification", "classify",
