@@ -28,7 +28,7 @@ from typing import Any
 ECHO_PORT = 5001
 BULK_PORT = 5002
 SYSTEM_PYTHON = "/usr/bin/python3"
-SANDBOX_UID = 2100000099
+SANDBOX_UID = 2_099_000_099  # outside the sandbox uid slots (2_100_000_000 + 40_000)
 #: The direct baseline: a veth pair between two namespaces of their own.
 DIRECT_CLIENT, DIRECT_SERVER = "203.0.113.201", "203.0.113.202"
 

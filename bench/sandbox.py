@@ -25,7 +25,7 @@ import psutil
 from corral.policy import load_policy
 from corral.sandbox import AsyncSandbox, Sandbox, collect
 from corral.sandbox.host import host
-from corral.sandbox.state import BASE_UID
+from corral.sandbox.state import BASE_UID, MAX_SLOTS
 
 TRUE = "/usr/bin/true"
 BARE_BWRAP = ["bwrap", "--unshare-all", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib",
@@ -95,7 +95,7 @@ def sandbox_processes() -> list[psutil.Process]:
     out = []
     for proc in psutil.process_iter(["uids"]):
         uids = proc.info["uids"]
-        if uids is not None and uids.real >= BASE_UID:
+        if uids is not None and BASE_UID <= uids.real < BASE_UID + MAX_SLOTS:
             out.append(proc)
     return out
 

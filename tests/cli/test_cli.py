@@ -98,3 +98,13 @@ def test_demo_contains_every_attempt(tmp_path: Path) -> None:
     steps = {e["step"] for e in events if e["kind"] == "exec.start"}
     assert steps == set(range(9))
     assert all(e["episode_id"] == "demo" for e in events)
+
+
+def test_run_in_gateway_mode_is_default_deny_and_reports_it() -> None:
+    # No allow rules: every flow is refused by the gateway, so nothing can leave.
+    r = corral("run", "-p", "networked", "--",
+               "curl -sS -m 5 -o /dev/null -w '%{http_code}' http://198.51.100.7/; "
+               "getent hosts example.com || echo nxdomain")
+    assert r.stdout == "403nxdomain\n"
+    assert "blocked http connection to 198.51.100.7:80" in r.stderr
+    assert "blocked DNS query for example.com" in r.stderr

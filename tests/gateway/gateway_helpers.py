@@ -17,7 +17,7 @@ from corral.gateway import Attachment
 from corral.policy import NetworkPolicy
 
 #: Unprivileged uid with no passwd entry, as inside a sandbox.
-SANDBOX_UID = 2100000099
+SANDBOX_UID = 2_099_000_099  # outside the sandbox uid slots (2_100_000_000 + 40_000)
 #: ``nobody``: for clients (ssh) that refuse to run without a passwd entry.
 NOBODY_UID = 65534
 CLIENT_PYTHON = "/usr/bin/python3"

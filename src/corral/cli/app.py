@@ -30,16 +30,19 @@ app.add_typer(policy_app, name="policy")
 
 @app.command()
 def gc() -> None:
-    """Remove leftovers (processes, cgroups, uid slots) of sandboxes whose owner died."""
+    """Remove leftovers (processes, cgroups, uid slots, netns) of owners that died."""
+    from corral.gateway import sweep_stale_namespaces
     from corral.sandbox import collect
 
     report = collect()
-    if report.empty:
+    namespaces = sweep_stale_namespaces()
+    if report.empty and not namespaces:
         out_console.print("nothing to clean")
         return
     out_console.print(
         f"removed {len(report.sandboxes)} sandbox(es), {len(report.cgroups)} orphan cgroup(s), "
-        f"{len(report.slots)} uid slot(s); killed {report.processes_killed} process(es)"
+        f"{len(report.slots)} uid slot(s), {len(namespaces)} network namespace(s); "
+        f"killed {report.processes_killed} process(es)"
     )
 
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from corral.events import CallbackSink, Event, EventKind, FanoutSink, JsonlSink
+from corral.events import CallbackSink, Event, EventKind, EventSink, FanoutSink, JsonlSink
+from corral.gateway import Gateway
 from corral.policy import Policy, load_policy
-from corral.sandbox import Sandbox
-from corral.sandbox.result import KillReason
+from corral.sandbox import AsyncSandbox, ExecResult, KillReason, OutputCallback
 
 from .output import err_console, fail
 
@@ -23,8 +25,16 @@ def _describe(event: Event) -> str | None:
         return f"limit hit: {data.get('limit')}{extra} = {data.get('value')}"
     if event.kind == EventKind.KILL:
         return f"killed ({data.get('scope')}): {data.get('reason')}"
-    if event.kind in (EventKind.ALERT, EventKind.GUARD_VERDICT, EventKind.NET_SIGNAL):
-        what = data.get("rule_id") or data.get("signal")
+    if event.kind == EventKind.NET_CONNECT and data.get("verdict") == "deny":
+        where = f"{data.get('dst')}:{data.get('port')}"
+        proto = data.get("protocol") or data.get("transport")
+        return f"blocked {proto} connection to {where}: {data.get('reason')}"
+    if event.kind == EventKind.NET_DNS and data.get("verdict") == "deny":
+        return f"blocked DNS query for {data.get('name')}: {data.get('reason')}"
+    if event.kind == EventKind.NET_SIGNAL:
+        return f"violation: {data.get('signal')} ({data.get('severity')})"
+    if event.kind in (EventKind.ALERT, EventKind.GUARD_VERDICT):
+        what = data.get("rule_id") or data.get("verdict")
         return f"violation: {what}: {data.get('explanation', '')}"
     return None
 
@@ -99,12 +109,11 @@ def run(
         target.flush()
 
     cmd: str | list[str] = command[0] if len(command) == 1 else command
-    with Sandbox.create(resolved, sink=FanoutSink(sinks)) as sandbox:
-        try:
-            result = sandbox.exec(cmd, on_output=stream)
-        except KeyboardInterrupt:
-            err_console.print("corral: interrupted; sandbox closed")
-            raise typer.Exit(130) from None
+    try:
+        result = asyncio.run(_run_once(resolved, cmd, FanoutSink(sinks), stream))
+    except KeyboardInterrupt:
+        err_console.print("corral: interrupted; sandbox closed")
+        raise typer.Exit(130) from None
     if result.truncated:
         err_console.print(
             f"corral: output truncated at {resolved.resources.output_cap} bytes", markup=False
@@ -112,3 +121,16 @@ def run(
     if result.kill_reason == KillReason.TIMEOUT:
         err_console.print(f"corral: command timed out after {resolved.resources.command_timeout}s")
     raise typer.Exit(result.exit_code)
+
+
+async def _run_once(
+    policy: Policy, cmd: str | list[str], sink: EventSink, stream: OutputCallback
+) -> ExecResult:
+    async with contextlib.AsyncExitStack() as stack:
+        gateway = None
+        if policy.network.mode == "gateway":
+            # The gateway relays on this loop; it lives exactly as long as the sandbox.
+            gateway = await stack.enter_async_context(Gateway(pool_size=1))
+        sandbox = await AsyncSandbox.create(policy, sink=sink, gateway=gateway)
+        stack.push_async_callback(sandbox.close)
+        return await sandbox.exec(cmd, on_output=stream)

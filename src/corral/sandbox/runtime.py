@@ -295,11 +295,9 @@ class AsyncSandbox:
             self._attachment = await gateway.attach(
                 self.id, self.episode_id, policy.network, self.sink, lambda: self._current_step
             )
-            netns, resolv, hosts = (
-                self._attachment.netns_path,
-                self._attachment.resolv_conf,
-                self._attachment.hosts,
-            )
+            netns, resolv = self._attachment.netns_path, self._attachment.resolv_conf
+            # Our own name resolves locally, never as a (denied, reported) DNS query.
+            hosts = self._attachment.hosts + f"127.0.1.1\t{SANDBOX_HOSTNAME}\n"
         for bind in policy.filesystem.read_only:
             problem = _unreachable_by_others(Path(bind.source))
             if problem:

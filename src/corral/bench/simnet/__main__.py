@@ -51,12 +51,12 @@ async def demo() -> None:
         try:
             (etc / "resolv.conf").write_text(attachment.resolv_conf)
             (etc / "hosts").write_text(attachment.hosts)
-            await _run(name, 2100000099, "curl", "-sS", "-m", "5", "--cacert", net.ca_pem,
+            await _run(name, 2_099_000_099, "curl", "-sS", "-m", "5", "--cacert", net.ca_pem,
                        "https://example.sim.test/")
             await _run(name, 65534, "ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
                        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                        "-N", "-R", "9000:127.0.0.1:22", f"agent@{net.ip('ssh')}")
-            await _run(name, 2100000099, "/usr/bin/python3", "-c", _STRATUM, net.ip("pool"))
+            await _run(name, 2_099_000_099, "/usr/bin/python3", "-c", _STRATUM, net.ip("pool"))
             await asyncio.sleep(0.3)
         finally:
             shutil.rmtree(etc, ignore_errors=True)
