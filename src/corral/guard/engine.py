@@ -121,7 +121,9 @@ class Guard:
                 context="command",
             )
         verdict = strictest([f.verdict for f in findings.values()])
-        notes = ("parsed with the fallback tokenizer",) if parsed.mode == ParseMode.FALLBACK else ()
+        notes = parsed.notes
+        if parsed.mode == ParseMode.FALLBACK:
+            notes = ("parsed with the fallback tokenizer", *notes)
         return Decision(
             verdict=verdict,
             command=command,

@@ -22,7 +22,12 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
 
 import bashlex
 import bashlex.errors
@@ -33,9 +38,15 @@ from corral.guard.lexer import LexError, Redir, Token, Word, decode_ansi_c, toke
 
 MAX_DEPTH = 8  # nested payloads (bash -c inside eval inside ...) beyond this are unparsable
 MAX_LENGTH = 64 * 1024  # longer commands are refused as unparsable rather than scanned slowly
+# bashlex loops forever on some inputs; past this budget the tokenizer's reading is used.
+BASHLEX_BUDGET = 0.5
 
 _VAR = re.compile(r"\$(?:\{([A-Za-z_]\w*)\}|([A-Za-z_]\w*))")
 _ASSIGN = re.compile(r"^([A-Za-z_]\w*)(?:\[[^\]]*\])?\+?=(.*)\Z", re.S)
+# ${IFS}/$IFS separate words (cat${IFS}/etc/shadow); $1..$9/$@/$* are empty in -c strings.
+_IFS = re.compile(r"\$\{IFS[^}]*\}|\$IFS\b")
+_EMPTY_PARAM = re.compile(r"\$(?:[1-9@*]|\{[1-9@*]\})")
+_SCRIPT_EXT = (".sh", ".bash", ".zsh", ".ksh")
 _QUOTED_DELIM = re.compile(r"<<(-?)[ \t]*(['\"])([\w.-]+)\2")
 _DECLARERS = frozenset({"export", "declare", "typeset", "local", "readonly"})
 # Errors bashlex raises on input it does not support (it has no common base class).
@@ -50,6 +61,34 @@ _BASHLEX_ERRORS = (
     AssertionError,
     RecursionError,
 )
+
+
+class _OverBudget(Exception):
+    """bashlex ran past its time budget."""
+
+
+def _bashlex_parse(source: str, budget: float) -> list[Any]:
+    """``bashlex.parse`` with a deadline, checked from a profile hook on calls/returns.
+
+    A profile hook (not a trace hook) costs ~2x on the 5% of commands that need
+    bashlex, and any loop in bashlex makes calls, so the deadline is always seen.
+    The previous profiler, if any, is restored.
+    """
+    deadline = time.perf_counter() + budget
+    calls = 0
+
+    def hook(frame: FrameType, event: str, arg: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls & 63 == 0 and time.perf_counter() > deadline:
+            raise _OverBudget
+
+    previous: Callable[..., Any] | None = sys.getprofile()
+    sys.setprofile(hook)
+    try:
+        return list(bashlex.parse(source))
+    finally:
+        sys.setprofile(previous)
 
 
 @dataclass(slots=True)
@@ -126,8 +165,16 @@ def _from_tokens(tokens: list[Token], ids: _Ids) -> list[_Simple]:
         pid = ids.next()
         pos = 0
 
+    case_depth = 0
+    expect_pattern = False  # after "case .. in" or ";;", "word)" is a pattern, not a command
     for tok in tokens:
         if tok.kind == "op":
+            if tok.op == ")" and expect_pattern and cur is not None and not cur.redirects:
+                cur = None
+                expect_pattern = False
+                continue
+            if tok.op in (";;", ";&", ";;&") and case_depth:
+                expect_pattern = True
             if tok.op in ("|", "|&"):
                 finish_command()
                 pos += 1
@@ -137,6 +184,7 @@ def _from_tokens(tokens: list[Token], ids: _Ids) -> list[_Simple]:
         if skip_until is not None:
             if tok.kind == "word" and tok.word is not None and tok.word.text == skip_until:
                 skip_until = None
+                expect_pattern = case_depth > 0 and pending_loop is None
                 if pending_loop is not None:
                     loops.append(pending_infinite)
                     pending_loop = None
@@ -161,6 +209,11 @@ def _from_tokens(tokens: list[Token], ids: _Ids) -> list[_Simple]:
                 continue
             if cur is None and text == "case":
                 skip_until = "in"
+                case_depth += 1
+                continue
+            if cur is None and text == "esac":
+                case_depth = max(0, case_depth - 1)
+                expect_pattern = False
                 continue
             if cur is None and text == "do":
                 if pending_loop is not None:
@@ -211,6 +264,19 @@ class _Walker:
         if raw.startswith("`"):
             return raw[1:-1]
         return raw
+
+    def literal(self, node: bashlex.ast.node) -> str:
+        """The word's text; bashlex does not decode $'\\x41' strings, the tokenizer does."""
+        raw = self.text[node.pos[0] : node.pos[1]]
+        if "$'" not in raw:
+            return str(node.word)
+        try:
+            tokens = tokenize(raw).tokens
+        except LexError:
+            return str(node.word)
+        if len(tokens) == 1 and tokens[0].word is not None:
+            return tokens[0].word.text
+        return str(node.word)
 
     def word_subs(self, node: bashlex.ast.node) -> list[str]:
         found: list[str] = []
@@ -303,13 +369,13 @@ class _Walker:
         simple = _Simple([], [], [], [], in_loop=loop[0], infinite_loop=loop[1])
         for part in node.parts:
             if part.kind == "assignment" and not simple.words:
-                simple.assignments.append(part.word)
+                simple.assignments.append(self.literal(part))
                 simple.subs.extend(self.word_subs(part))
             elif part.kind in ("word", "assignment"):
                 subs = self.word_subs(part)
                 if not simple.words and subs:
                     simple.first_word_sub = True
-                simple.words.append(part.word)
+                simple.words.append(self.literal(part))
                 simple.subs.extend(subs)
             elif part.kind == "redirect":
                 redir = self.redirect(part)
@@ -373,6 +439,7 @@ class Parser:
         self.sources: list[Source] = []
         self.modes: set[ParseMode] = set()
         self.unparsable: list[str] = []
+        self.notes: list[str] = []
         self.ids = _Ids()
 
     # entry ------------------------------------------------------------------
@@ -395,6 +462,7 @@ class Parser:
             tuple(self.sources),
             mode,
             "; ".join(self.unparsable) if self.unparsable else None,
+            tuple(self.notes),
         )
 
     def script(
@@ -430,17 +498,17 @@ class Parser:
         self.build(simples, context, depth, extra_down, env, feeds_shell=feeds_shell)
 
     def front_end(self, text: str, context: str) -> list[_Simple] | None:
-        tokens: list[Token] | None = None
-        lex_error: LexError | None = None
         try:
             lexed = tokenize(text)
         except LexError as exc:
-            lex_error = exc
-        else:
-            tokens = lexed.tokens
-            if lexed.simple and self.fast_path:
-                self.modes.add(ParseMode.FAST)
-                return _from_tokens(tokens, self.ids)
+            # Unterminated quotes or substitutions: bash would refuse it too, and bashlex
+            # can loop forever on such input, so it is not consulted.
+            self.unparsable.append(f"{context}: {exc}")
+            return None
+        tokens = lexed.tokens
+        if lexed.simple and self.fast_path:
+            self.modes.add(ParseMode.FAST)
+            return _from_tokens(tokens, self.ids)
         source = text
         if "<<" in text:
             # bashlex rejects quoted delimiters (<<'EOF') and wants a final newline.
@@ -448,12 +516,13 @@ class Parser:
             if not source.endswith("\n"):
                 source += "\n"
         try:
-            trees = bashlex.parse(source)
-        except _BASHLEX_ERRORS as exc:
-            if tokens is None:
-                self.unparsable.append(f"{context}: {lex_error}; bashlex: {exc}")
-                return None
+            trees = _bashlex_parse(source, BASHLEX_BUDGET)
+        except _BASHLEX_ERRORS:
             self.modes.add(ParseMode.FALLBACK)
+            return _from_tokens(tokens, self.ids)
+        except _OverBudget:
+            self.modes.add(ParseMode.FALLBACK)
+            self.notes.append(f"{context}: bashlex exceeded {BASHLEX_BUDGET}s; tokenizer used")
             return _from_tokens(tokens, self.ids)
         self.modes.add(ParseMode.BASHLEX)
         walker = _Walker(source, self.ids)
@@ -476,6 +545,12 @@ class Parser:
         expanded: list[_Expanded] = []
         for simple in simples:
             argv = [_subst(w, env) for w in simple.words]
+            if any("IFS" in w for w in argv):
+                argv = [
+                    part
+                    for w in argv
+                    for part in _EMPTY_PARAM.sub("", _IFS.sub(" ", w)).split()
+                ]
             assigns = [_subst(a, env) for a in simple.assignments]
             redirects = [
                 Redirect(r.op, _subst(r.target, env), r.fd, r.body) for r in simple.redirects
@@ -494,6 +569,9 @@ class Parser:
                 _Expanded(simple, argv, assigns, redirects, wrappers.program_chain(argv))
             )
         self.link_pipelines(expanded, extra_down)
+        for item in expanded:
+            if item.stdout is not None:
+                self.written_text(item, depth)
         for item in expanded:
             simple = item.simple
             common = {
@@ -566,6 +644,24 @@ class Parser:
                 flowing = item.stdout
                 last_pos = position
 
+    def written_text(self, item: _Expanded, depth: int) -> None:
+        """Text written to a file is read too: shell scripts are parsed, Python is scanned."""
+        label, text = item.stdout  # type: ignore[misc]
+        targets = [r.target for r in item.redirects if r.writes]
+        if item.argv and item.argv[0].rpartition("/")[2] == "tee":
+            targets.extend(a for a in item.argv[1:] if not a.startswith("-"))
+        for path in targets:
+            context = f"{label} written to {path}"
+            if path.endswith(_SCRIPT_EXT):
+                self.script(text, context, depth + 1, frozenset(), {}, feeds_shell=False)
+            else:
+                self.sources.append(Source(text, context))
+                if path.endswith(".py"):
+                    for kind, payload in wrappers.embedded_commands("python", text):
+                        if kind == "shell":
+                            self.script(payload, f"command in {context}", depth + 1,
+                                        frozenset(), {}, feeds_shell=False)  # fmt: skip
+
     def stdout_of(
         self, item: _Expanded, incoming: tuple[str, str] | None
     ) -> tuple[str, str] | None:
@@ -588,6 +684,8 @@ class Parser:
         if prog == "printf" and args:
             return ("printed text", decode_ansi_c(args[0].replace("%s", " ".join(args[1:]))))
         if prog == "cat" and incoming is not None and all(a == "-" for a in args):
+            return incoming
+        if prog == "tee" and incoming is not None:
             return incoming
         if incoming is None:
             return None
