@@ -29,8 +29,10 @@ def quiet_console() -> Console:
 # --- CLI prompt ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("answer", "expected"), [("y\n", True), ("yes\n", True),
-                                                  ("n\n", False), ("\n", False), ("", False)])
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [("y\n", True), ("yes\n", True), ("n\n", False), ("\n", False), ("", False)],
+)
 def test_cli_approver_reads_the_given_stream(answer: str, expected: bool) -> None:
     console = quiet_console()
     approver = CliApprover(stream=io.StringIO(answer), console=console)

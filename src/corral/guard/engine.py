@@ -28,9 +28,7 @@ from corral.policy import GuardPolicy, Policy, Verdict
 
 
 @lru_cache(maxsize=16)
-def _ruleset(
-    files: tuple[tuple[str, int, int], ...], disabled: tuple[str, ...]
-) -> RuleSet:
+def _ruleset(files: tuple[tuple[str, int, int], ...], disabled: tuple[str, ...]) -> RuleSet:
     # Keyed on (path, mtime, size) so edited rule files are recompiled, nothing else is.
     return RuleSet(collect_rules([f[0] for f in files], disabled))
 
@@ -61,20 +59,25 @@ class Guard:
 
     def __init__(
         self,
-        policy: GuardPolicy | Policy | None = None,
+        policy: GuardPolicy | None = None,
         *,
         unparsable: Verdict | None = None,
         ask_fallback: Verdict | None = None,
         approver: Approver | None = None,
         rules: RuleSet | None = None,
     ) -> None:
-        if isinstance(policy, Policy):
-            policy = policy.guard
         self.policy = policy or GuardPolicy()
         self.unparsable = Verdict(unparsable or self.policy.unparsable)
         self.ask_fallback = Verdict(ask_fallback or self.policy.ask_fallback)
         self.approver = approver
         self.rules = rules or compile_rules(self.policy.rule_files, self.policy.disabled_rules)
+
+    @classmethod
+    def from_policy(
+        cls, policy: Policy, *, approver: Approver | None = None, unparsable: Verdict | None = None
+    ) -> Guard:
+        """A guard for a whole sandbox policy (uses its ``guard`` section)."""
+        return cls(policy.guard, approver=approver, unparsable=unparsable)
 
     # --- checks (pure: no approver involved) ---------------------------------------
 

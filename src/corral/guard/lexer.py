@@ -45,7 +45,6 @@ class Word:
 
     text: str
     subs: list[str] = field(default_factory=list)
-    raw_dollar: bool = False  # an unquoted/double-quoted $NAME that may be substituted later
 
 
 @dataclass(slots=True)
@@ -147,8 +146,8 @@ def _backtick_end(text: str, pos: int) -> int:
     raise LexError("unterminated backquote")
 
 
-def _dollar(text: str, pos: int, out: list[str], subs: list[str]) -> tuple[int, bool]:
-    """Scan a ``$`` construct at ``pos``; returns the new position and whether it was $NAME."""
+def _dollar(text: str, pos: int, out: list[str], subs: list[str]) -> int:
+    """Scan a ``$`` construct at ``pos``; returns the position after it."""
     nxt = text[pos + 1 : pos + 2]
     if text.startswith("$((", pos):
         # Arithmetic; it can still hold a command substitution.
@@ -157,12 +156,12 @@ def _dollar(text: str, pos: int, out: list[str], subs: list[str]) -> tuple[int, 
         if "$(" in inner or "`" in inner:
             subs.extend(_inner_subs(inner))
         out.append(text[pos:end])
-        return end, False
+        return end
     if nxt == "(":
         end = _balanced(text, pos + 2, "(", ")")
         subs.append(text[pos + 2 : end - 1])
         out.append(text[pos:end])
-        return end, False
+        return end
     if nxt == "{":
         end = _balanced(text, pos + 2, "{", "}")
         inner = text[pos + 2 : end - 1]
@@ -170,7 +169,7 @@ def _dollar(text: str, pos: int, out: list[str], subs: list[str]) -> tuple[int, 
         if "$(" in inner or "`" in inner:
             subs.extend(_inner_subs(inner))
         out.append(text[pos:end])
-        return end, _NAME.fullmatch(inner) is not None
+        return end
     if nxt == "'":
         end = pos + 2
         n = len(text)
@@ -179,13 +178,13 @@ def _dollar(text: str, pos: int, out: list[str], subs: list[str]) -> tuple[int, 
         if end >= n:
             raise LexError("unterminated $'...' string")
         out.append(decode_ansi_c(text[pos + 2 : end]))
-        return end + 1, False
+        return end + 1
     m = _NAME.match(text, pos + 1)
     if m:
         out.append(text[pos : m.end()])
-        return m.end(), True
+        return m.end()
     out.append("$")
-    return pos + 1, False
+    return pos + 1
 
 
 def _inner_subs(text: str) -> list[str]:
@@ -209,7 +208,6 @@ def _inner_subs(text: str) -> list[str]:
 def _scan_word(text: str, pos: int) -> tuple[int, Word]:
     out: list[str] = []
     subs: list[str] = []
-    raw_dollar = False
     n = len(text)
     while pos < n:
         c = text[pos]
@@ -226,7 +224,6 @@ def _scan_word(text: str, pos: int) -> tuple[int, Word]:
             pos = end + 1
         elif c == '"':
             pos = _scan_double(text, pos + 1, out, subs)
-            raw_dollar = raw_dollar or "$" in out[-1] if out else raw_dollar
         elif c == "\\":
             if pos + 1 < n and text[pos + 1] != "\n":
                 out.append(text[pos + 1])
@@ -237,8 +234,7 @@ def _scan_word(text: str, pos: int) -> tuple[int, Word]:
             out.append(text[pos:end])
             pos = end
         elif c == "$":
-            pos, is_name = _dollar(text, pos, out, subs)
-            raw_dollar = raw_dollar or is_name
+            pos = _dollar(text, pos, out, subs)
         elif c in "<>" and text.startswith("(", pos + 1):
             end = _balanced(text, pos + 2, "(", ")")
             subs.append(text[pos + 2 : end - 1])
@@ -246,7 +242,7 @@ def _scan_word(text: str, pos: int) -> tuple[int, Word]:
             pos = end
         else:
             break
-    return pos, Word("".join(out), subs, raw_dollar)
+    return pos, Word("".join(out), subs)
 
 
 def _scan_double(text: str, pos: int, out: list[str], subs: list[str]) -> int:
@@ -269,7 +265,7 @@ def _scan_double(text: str, pos: int, out: list[str], subs: list[str]) -> int:
                 buf.append("$")
                 pos += 1
             else:
-                pos, _ = _dollar(text, pos, buf, subs)
+                pos = _dollar(text, pos, buf, subs)
         elif c == "`":
             end = _backtick_end(text, pos + 1)
             subs.append(text[pos + 1 : end - 1])

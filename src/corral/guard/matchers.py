@@ -110,8 +110,9 @@ def _written_paths(prog: str, inv: Invocation) -> list[str]:
             out.append(ops[-1])
     elif prog == "dd":
         out.extend(a[3:] for a in args if a.startswith("of="))
-    elif prog in ("sed", "perl") and any(a.startswith(("-i", "--in-place")) or
-                                         re.fullmatch(r"-[a-zA-Z]*i[a-zA-Z]*", a) for a in args):
+    elif prog in ("sed", "perl") and any(
+        a.startswith(("-i", "--in-place")) or re.fullmatch(r"-[a-zA-Z]*i[a-zA-Z]*", a) for a in args
+    ):
         ops = _operands(args)
         has_script_opt = any(a in ("-e", "-f", "--expression") for a in args)
         out.extend(ops if has_script_opt or prog == "perl" else ops[1:])
@@ -157,7 +158,7 @@ def _compile(patterns: list[str] | None) -> tuple[re.Pattern[str], ...]:
     parts = []
     for p in patterns:
         m = _LEADING_FLAGS.match(p)
-        parts.append(f"(?{m.group(1)}:{p[m.end():]})" if m else f"(?:{p})")
+        parts.append(f"(?{m.group(1)}:{p[m.end() :]})" if m else f"(?:{p})")
     try:
         return (re.compile("|".join(parts)),)
     except re.error:
@@ -313,8 +314,10 @@ class CompiledRule:
             if found is None:
                 return None
             ev.append(Evidence(found[0], f"path {_short(found[0])}"))
-        if self.unless_program is not None and f.program and _first_glob_hit(
-            (f.program,), *self.unless_program
+        if (
+            self.unless_program is not None
+            and f.program
+            and _first_glob_hit((f.program,), *self.unless_program)
         ):
             return None
         if self.unless_args and _search_any(self.unless_args, f.args) is not None:

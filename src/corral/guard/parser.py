@@ -25,7 +25,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
@@ -34,7 +34,7 @@ import bashlex.errors
 
 from corral.guard import wrappers
 from corral.guard.invocation import Invocation, ParsedCommand, ParseMode, Redirect, Source
-from corral.guard.lexer import LexError, Redir, Token, Word, decode_ansi_c, tokenize
+from corral.guard.lexer import LexError, Redir, Token, decode_ansi_c, tokenize
 
 MAX_DEPTH = 8  # nested payloads (bash -c inside eval inside ...) beyond this are unparsable
 MAX_LENGTH = 64 * 1024  # longer commands are refused as unparsable rather than scanned slowly
@@ -104,6 +104,23 @@ class _Simple:
     background: bool = False
     in_loop: bool = False
     infinite_loop: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _RunContext:
+    """How an invocation runs, shared by a command and what it wraps (sudo X, bash -c X)."""
+
+    redirects: tuple[Redirect, ...] = ()
+    assignments: tuple[str, ...] = ()
+    upstream: frozenset[str] = frozenset()
+    downstream: frozenset[str] = frozenset()
+    background: bool = False
+    in_loop: bool = False
+    infinite_loop: bool = False
+
+    @property
+    def outer(self) -> tuple[bool, bool, bool]:
+        return (self.background, self.in_loop, self.infinite_loop)
 
 
 @dataclass(slots=True)
@@ -547,9 +564,7 @@ class Parser:
             argv = [_subst(w, env) for w in simple.words]
             if any("IFS" in w for w in argv):
                 argv = [
-                    part
-                    for w in argv
-                    for part in _EMPTY_PARAM.sub("", _IFS.sub(" ", w)).split()
+                    part for w in argv for part in _EMPTY_PARAM.sub("", _IFS.sub(" ", w)).split()
                 ]
             assigns = [_subst(a, env) for a in simple.assignments]
             redirects = [
@@ -574,17 +589,17 @@ class Parser:
                 self.written_text(item, depth)
         for item in expanded:
             simple = item.simple
-            common = {
-                "redirects": tuple(item.redirects),
-                "assignments": tuple(item.assignments),
-                "upstream": item.up,
-                "downstream": item.down,
-                "background": simple.background,
-                "in_loop": simple.in_loop,
-                "infinite_loop": simple.infinite_loop,
-            }
+            run = _RunContext(
+                redirects=tuple(item.redirects),
+                assignments=tuple(item.assignments),
+                upstream=item.up,
+                downstream=item.down,
+                background=simple.background,
+                in_loop=simple.in_loop,
+                infinite_loop=simple.infinite_loop,
+            )
             if item.argv or item.assignments or item.redirects:
-                self.emit(item.argv, common, context, depth, item.stdin, env)
+                self.emit(item.argv, run, context, depth, item.stdin, env)
             sub_feeds = simple.first_word_sub or bool(item.programs & wrappers.SHELL_RUNNERS)
             for sub in simple.subs:
                 kind = "process substitution" if sub in simple.words else "command substitution"
@@ -646,7 +661,9 @@ class Parser:
 
     def written_text(self, item: _Expanded, depth: int) -> None:
         """Text written to a file is read too: shell scripts are parsed, Python is scanned."""
-        label, text = item.stdout  # type: ignore[misc]
+        if item.stdout is None:
+            return
+        label, text = item.stdout
         targets = [r.target for r in item.redirects if r.writes]
         if item.argv and item.argv[0].rpartition("/")[2] == "tee":
             targets.extend(a for a in item.argv[1:] if not a.startswith("-"))
@@ -705,7 +722,7 @@ class Parser:
     def emit(
         self,
         argv: list[str],
-        common: dict[str, object],
+        run: _RunContext,
         context: str,
         depth: int,
         stdin: tuple[str, str] | None,
@@ -724,7 +741,20 @@ class Parser:
             if script is None and stdin is not None and wrappers.reads_stdin_script(lang, argv):
                 script_from = stdin[0]
                 script = stdin[1]
-        self.invocations.append(Invocation(tuple(argv), context=context, script=script, **common))  # type: ignore[arg-type]
+        self.invocations.append(
+            Invocation(
+                tuple(argv),
+                redirects=run.redirects,
+                assignments=run.assignments,
+                context=context,
+                upstream=run.upstream,
+                downstream=run.downstream,
+                background=run.background,
+                in_loop=run.in_loop,
+                infinite_loop=run.infinite_loop,
+                script=script,
+            )
+        )
         if not argv:
             return
         if script is not None and lang is not None:
@@ -736,32 +766,22 @@ class Parser:
                     self.script(payload, sub_context, depth + 1, frozenset(), {},
                                 feeds_shell=False)  # fmt: skip
                 else:
-                    self.emit(payload.split("\0"), common, sub_context, depth + 1, None, {})
+                    self.emit(payload.split("\0"), run, sub_context, depth + 1, None, {})
             return
         unwrapped = wrappers.unwrap(prog, argv[1:])
         if unwrapped is None:
             if prog in wrappers.SHELLS and stdin is not None and not wrappers.has_script(argv):
                 self.script(stdin[1], f"{stdin[0]} piped into {prog}", depth + 1,
-                            frozenset(), {}, feeds_shell=False, outer=_outer(common))  # fmt: skip
+                            frozenset(), {}, feeds_shell=False, outer=run.outer)  # fmt: skip
             return
-        if unwrapped.argv is not None and unwrapped.argv:
-            inner_common = dict(common)
+        if unwrapped.argv:
+            inner = run
             if unwrapped.assignments:
-                inner_common["assignments"] = tuple(common["assignments"]) + tuple(  # type: ignore[call-overload]
-                    unwrapped.assignments
-                )
-            self.emit(unwrapped.argv, inner_common, f"{context} via {prog}", depth + 1, stdin, env)
+                inner = replace(run, assignments=run.assignments + unwrapped.assignments)
+            self.emit(unwrapped.argv, inner, f"{context} via {prog}", depth + 1, stdin, env)
         if unwrapped.shell is not None:
             self.script(unwrapped.shell, f"{prog} {unwrapped.label}", depth + 1, frozenset(),
-                        dict(env), feeds_shell=False, outer=_outer(common))  # fmt: skip
-
-
-def _outer(common: dict[str, object]) -> tuple[bool, bool, bool]:
-    return (
-        bool(common["background"]),
-        bool(common["in_loop"]),
-        bool(common["infinite_loop"]),
-    )
+                        dict(env), feeds_shell=False, outer=run.outer)  # fmt: skip
 
 
 def _stdin_literal(redirects: list[Redirect]) -> str | None:
@@ -784,17 +804,8 @@ def parse_argv(argv: list[str], *, max_depth: int = MAX_DEPTH) -> ParsedCommand:
     """An exec'd process's argv (no shell involved): unwrap wrappers and payloads only."""
     parser = Parser(max_depth)
     parser.sources.append(Source(" ".join(argv), "exec"))
-    common: dict[str, object] = {
-        "redirects": (),
-        "assignments": (),
-        "upstream": frozenset(),
-        "downstream": frozenset(),
-        "background": False,
-        "in_loop": False,
-        "infinite_loop": False,
-    }
     if argv:
-        parser.emit(list(argv), common, "exec", 0, None, {})
+        parser.emit(list(argv), _RunContext(), "exec", 0, None, {})
     mode = ParseMode.UNPARSABLE if parser.unparsable else ParseMode.FAST
     return ParsedCommand(
         tuple(parser.invocations),
@@ -804,4 +815,4 @@ def parse_argv(argv: list[str], *, max_depth: int = MAX_DEPTH) -> ParsedCommand:
     )
 
 
-__all__ = ["MAX_DEPTH", "Parser", "Word", "parse_argv", "parse_command"]
+__all__ = ["MAX_DEPTH", "Parser", "parse_argv", "parse_command"]

@@ -54,9 +54,7 @@ from corral.errors import PolicyError
 class GuardRuleError(PolicyError):
     """A rule file is invalid. ``file``, ``rule_id`` and ``field`` locate the first problem."""
 
-    def __init__(
-        self, file: str, problems: list[tuple[str | None, str | None, str]]
-    ) -> None:
+    def __init__(self, file: str, problems: list[tuple[str | None, str | None, str]]) -> None:
         self.file = file
         first = problems[0]
         self.rule_id = first[0]
@@ -254,9 +252,7 @@ def parse_rule_text(text: str, file: str) -> list[LoadedRule]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise GuardRuleError(file, [(None, None, f"YAML syntax error{where}: {problem}")]) from None
-    if not isinstance(data, dict) or set(data) != {"rules"} or not isinstance(
-        data["rules"], list
-    ):
+    if not isinstance(data, dict) or set(data) != {"rules"} or not isinstance(data["rules"], list):
         problem = "a rule file is a mapping with one key, 'rules', holding a list"
         raise GuardRuleError(file, [(None, "rules", problem)])
     problems: list[tuple[str | None, str | None, str]] = []

@@ -275,9 +275,9 @@ def decoder_kind(prog: str, args: list[str]) -> str | None:
                                    re.fullmatch(r"-[a-zA-Z]*d[a-zA-Z]*", a) for a in args) \
                 else None  # fmt: skip
         return "base64" if prog == "b64decode" else None
-    if (prog == "xxd" and "-r" in args) or (prog == "xxd" and any(
-        re.fullmatch(r"-r[p]?s?|-rp|-ps?r", a) for a in args
-    )):
+    if (prog == "xxd" and "-r" in args) or (
+        prog == "xxd" and any(re.fullmatch(r"-r[p]?s?|-rp|-ps?r", a) for a in args)
+    ):
         return "hex"
     if prog == "openssl" and args and args[0] in ("base64", "enc") and "-d" in args:
         return "base64"
