@@ -25,7 +25,7 @@ def monitor_sink() -> MemorySink:
 
 @pytest.fixture
 async def monitor(monitor_sink: MemorySink) -> AsyncIterator[Monitor]:
-    guard = Guard(load_policy("default"))
+    guard = Guard(load_policy("default").guard)
     mon = Monitor(monitor_sink, check_argv=guard.check_argv)
     await mon.start()
     try:

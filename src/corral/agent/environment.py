@@ -92,7 +92,7 @@ class Environment:
         if not isinstance(policy, Policy):
             policy = load_policy(policy)
         if guard is None and policy.guard.enabled:
-            guard = Guard(policy, approver=approver)
+            guard = Guard(policy.guard, approver=approver)
         user_sink = sink or NullSink()
         fan = FanoutSink([user_sink, monitor]) if monitor is not None else user_sink
         sandbox = await AsyncSandbox.create(policy, sink=fan, episode_id=episode_id,
