@@ -191,3 +191,19 @@ def test_public_api_is_complete_and_importable() -> None:
         "matchers", "parser", "rules", "wrappers",
     }  # fmt: skip
     assert public - modules - set(guard_pkg.__all__) == set()
+
+
+async def test_authorize_async_runs_the_approver_off_the_loop() -> None:
+    import threading
+
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+
+    def approve(decision: Decision) -> bool:
+        seen.append(threading.get_ident())
+        return True
+
+    guard = Guard(approver=CallbackApprover(approve))
+    assert (await guard.authorize_async("sudo ls")).verdict == Verdict.ALLOW
+    assert (await guard.authorize_async("./xmrig")).verdict == Verdict.DENY
+    assert seen and seen[0] != loop_thread

@@ -344,3 +344,22 @@ def test_unterminated_input_never_reaches_bashlex(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(parser_module.bashlex, "parse", boom)
     assert parse_command("echo ${x[").unparsable
+
+
+@pytest.mark.parametrize(
+    ("command", "program"),
+    [
+        ("cp /usr/bin/ssh /tmp/s; /tmp/s -fNR 1:h:1 x@y", "ssh"),
+        ("echo 'xmrig -o x' > /tmp/a; sh /tmp/a", "xmrig"),
+        ("printf 'xmrig' > job; chmod +x job; ./job", "xmrig"),
+        ("read -r c <<< 'xmrig'; $c -o x", "xmrig"),
+        ("python3 -c \"import os; os.system('xm' + 'rig -o x')\"", "xmrig"),
+        ("git -c core.sshCommand='ssh -R 1:h:1' fetch", "ssh"),
+        ("rsync -e 'ssh -R 1:h:1' a x:b", "ssh"),
+        ("GIT_SSH_COMMAND='ssh -R 1:h:1' git fetch", "ssh"),
+        ("tr 'a-z' 'n-za-m' <<< 'kzevt' | sh", "xmrig"),
+        ("rev <<< 'girmx' | sh", "xmrig"),
+    ],
+)
+def test_indirect_execution_is_followed(command: str, program: str) -> None:
+    assert program in programs(command)

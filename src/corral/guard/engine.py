@@ -13,6 +13,7 @@ Order of a decision, fixed so it can be reasoned about:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -144,6 +145,14 @@ class Guard:
 
     def authorize_argv(self, argv: list[str]) -> Decision:
         return self.resolve(self.check_argv(argv))
+
+    async def authorize_async(self, command: str) -> Decision:
+        """:meth:`authorize` for async callers: the approver (a prompt or a webhook,
+        both blocking) runs in a worker thread so the event loop keeps serving."""
+        decision = self.check(command)
+        if decision.verdict != Verdict.ASK or self.approver is None:
+            return self.resolve(decision)
+        return await asyncio.to_thread(self.resolve, decision)
 
     def resolve(self, decision: Decision) -> Decision:
         if decision.verdict != Verdict.ASK:

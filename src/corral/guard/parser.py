@@ -48,6 +48,7 @@ _IFS = re.compile(r"\$\{IFS[^}]*\}|\$IFS\b")
 _EMPTY_PARAM = re.compile(r"\$(?:[1-9@*]|\{[1-9@*]\})")
 _SCRIPT_EXT = (".sh", ".bash", ".zsh", ".ksh")
 _QUOTED_DELIM = re.compile(r"<<(-?)[ \t]*(['\"])([\w.-]+)\2")
+_NAME_ONLY = re.compile(r"[A-Za-z_]\w*")
 _DECLARERS = frozenset({"export", "declare", "typeset", "local", "readonly"})
 # Errors bashlex raises on input it does not support (it has no common base class).
 _BASHLEX_ERRORS = (
@@ -458,6 +459,10 @@ class Parser:
         self.unparsable: list[str] = []
         self.notes: list[str] = []
         self.ids = _Ids()
+        # Files this command writes with known content, and copies of programs under new
+        # names: `echo x > /tmp/a; sh /tmp/a` and `cp /usr/bin/ssh s; ./s -R ..` are read.
+        self.files: dict[str, tuple[str, str]] = {}
+        self.copies: dict[str, str] = {}
 
     # entry ------------------------------------------------------------------
 
@@ -575,6 +580,11 @@ class Parser:
                     m = _ASSIGN.match(a)
                     if m:
                         env[m.group(1)] = m.group(2)
+            elif argv[0] == "read":
+                literal = _stdin_literal(redirects)
+                names = [a for a in argv[1:] if _NAME_ONLY.fullmatch(a)]
+                if literal is not None and len(names) == 1:
+                    env[names[0]] = literal.split("\n", 1)[0]
             elif argv[0] in _DECLARERS:
                 for a in argv[1:]:
                     m = _ASSIGN.match(a)
@@ -659,6 +669,14 @@ class Parser:
                 flowing = item.stdout
                 last_pos = position
 
+    def known_file(self, args: list[str]) -> tuple[str, str] | None:
+        """Content of the first operand when this command wrote it earlier."""
+        for a in args:
+            if a.startswith("-"):
+                continue
+            return self.files.get(_norm_path(a))
+        return None
+
     def written_text(self, item: _Expanded, depth: int) -> None:
         """Text written to a file is read too: shell scripts are parsed, Python is scanned."""
         if item.stdout is None:
@@ -669,6 +687,7 @@ class Parser:
             targets.extend(a for a in item.argv[1:] if not a.startswith("-"))
         for path in targets:
             context = f"{label} written to {path}"
+            self.files[_norm_path(path)] = (context, text)
             if path.endswith(_SCRIPT_EXT):
                 self.script(text, context, depth + 1, frozenset(), {}, feeds_shell=False)
             else:
@@ -706,6 +725,18 @@ class Parser:
             return incoming
         if incoming is None:
             return None
+        if prog == "rev" and not _operands(args):
+            label = f"reversed {incoming[0]}"
+            text = "\n".join(line[::-1] for line in incoming[1].split("\n"))
+            self.sources.append(Source(text, label))
+            return (label, text)
+        if prog == "tr":
+            translated = _translate(args, incoming[1])
+            if translated is not None:
+                label = f"translated {incoming[0]}"
+                self.sources.append(Source(translated, label))
+                return (label, translated)
+            return None
         kind = wrappers.decoder_kind(prog, args)
         if kind is None:
             return None
@@ -732,6 +763,25 @@ class Parser:
             self.unparsable.append(f"payloads nested deeper than {self.max_depth} levels")
             return
         prog = argv[0].rpartition("/")[2] if argv else ""
+        if argv and _norm_path(argv[0]) in self.copies:
+            original = self.copies[_norm_path(argv[0])]
+            self.emit([original, *argv[1:]], run, f"{context} (copy of {original} as {argv[0]})",
+                      depth + 1, stdin, env)  # fmt: skip
+        if argv and _norm_path(argv[0]) in self.files:
+            where, text = self.files[_norm_path(argv[0])]
+            self.script(text, f"{where}, then run", depth + 1, frozenset(), {},
+                        feeds_shell=False, outer=run.outer)  # fmt: skip
+        for assignment in run.assignments:
+            name, _, value = assignment.partition("=")
+            if name in _COMMAND_VARS and value:
+                self.script(value, f"{name} command", depth + 1, frozenset(), {},
+                            feeds_shell=False, outer=run.outer)  # fmt: skip
+        if prog in _COPIERS and len(argv) >= 3:
+            operands = [a for a in argv[1:] if not a.startswith("-")]
+            if len(operands) == 2:
+                source = operands[0].rpartition("/")[2]
+                if source:
+                    self.copies[_norm_path(operands[1])] = source
         script: str | None = None
         script_from = ""
         lang = wrappers.interpreter_language(prog)
@@ -741,6 +791,9 @@ class Parser:
             if script is None and stdin is not None and wrappers.reads_stdin_script(lang, argv):
                 script_from = stdin[0]
                 script = stdin[1]
+            known = self.known_file(argv[1:])
+            if script is None and known is not None:
+                script_from, script = known
         self.invocations.append(
             Invocation(
                 tuple(argv),
@@ -769,6 +822,11 @@ class Parser:
                     self.emit(payload.split("\0"), run, sub_context, depth + 1, None, {})
             return
         unwrapped = wrappers.unwrap(prog, argv[1:])
+        if prog in wrappers.SHELLS and wrappers.unwrap(prog, argv[1:]) is None:
+            known = self.known_file(argv[1:])
+            if known is not None:
+                self.script(known[1], f"{known[0]}, run by {prog}", depth + 1, frozenset(), {},
+                            feeds_shell=False, outer=run.outer)  # fmt: skip
         if unwrapped is None:
             if prog in wrappers.SHELLS and stdin is not None and not wrappers.has_script(argv):
                 self.script(stdin[1], f"{stdin[0]} piped into {prog}", depth + 1,
@@ -782,6 +840,53 @@ class Parser:
         if unwrapped.shell is not None:
             self.script(unwrapped.shell, f"{prog} {unwrapped.label}", depth + 1, frozenset(),
                         dict(env), feeds_shell=False, outer=run.outer)  # fmt: skip
+
+
+def _operands(args: list[str]) -> list[str]:
+    return [a for a in args if not a.startswith("-")]
+
+
+def _expand_tr_set(spec: str) -> str | None:
+    spec = decode_ansi_c(spec)
+    if "[:" in spec:
+        return None  # character classes: not worth emulating
+    out: list[str] = []
+    i = 0
+    while i < len(spec):
+        if i + 2 < len(spec) and spec[i + 1] == "-":
+            lo, hi = ord(spec[i]), ord(spec[i + 2])
+            if hi < lo:
+                return None
+            out.extend(chr(c) for c in range(lo, hi + 1))
+            i += 3
+        else:
+            out.append(spec[i])
+            i += 1
+    return "".join(out)
+
+
+def _translate(args: list[str], text: str) -> str | None:
+    """What ``tr SET1 SET2`` / ``tr -d SET`` prints (rot13 and similar), or None."""
+    flags = [a for a in args if a.startswith("-")]
+    sets = [_expand_tr_set(a) for a in _operands(args)]
+    if any(s is None for s in sets):
+        return None
+    if flags == ["-d"] and len(sets) == 1:
+        return text.translate({ord(c): None for c in sets[0] or ""})
+    if flags or len(sets) != 2 or not sets[0] or not sets[1]:
+        return None
+    src, dst = sets[0] or "", sets[1] or ""
+    dst = dst + dst[-1] * (len(src) - len(dst))
+    return text.translate(str.maketrans(src, dst[: len(src)]))
+
+
+def _norm_path(path: str) -> str:
+    return path[2:] if path.startswith("./") else path
+
+
+_COPIERS = frozenset({"cp", "mv", "ln", "install"})
+# Environment variables whose value is run as a shell command by the program.
+_COMMAND_VARS = frozenset({"GIT_SSH_COMMAND", "RSYNC_RSH", "GIT_EXTERNAL_DIFF", "PAGER", "EDITOR"})
 
 
 def _stdin_literal(redirects: list[Redirect]) -> str | None:

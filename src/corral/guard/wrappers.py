@@ -235,6 +235,16 @@ def unwrap(prog: str, args: list[str]) -> Unwrapped | None:
         remote = _ssh_remote([a for a in args if not a.startswith("-M")] if prog == "autossh"
                              else args)  # fmt: skip
         return Unwrapped(shell=remote, label="remote command") if remote else None
+    if prog == "rsync":
+        rsh = _option_value(args, "e", ("--rsh",))
+        return Unwrapped(shell=rsh, label="-e remote shell") if rsh else None
+    if prog == "git":
+        for i, a in enumerate(args):
+            value = args[i + 1] if a == "-c" and i + 1 < len(args) else ""
+            key, _, command = value.partition("=")
+            if key.lower() in ("core.sshcommand", "core.pager", "core.editor", "core.fsmonitor"):
+                return Unwrapped(shell=command, label=f"{key} command")
+        return None
     if prog == "find":
         inner = _find_exec(args)
         return Unwrapped(argv=inner) if inner else None
@@ -384,9 +394,24 @@ _EMBED = {
 _ITEM = re.compile(r"""(['"])((?:\\.|(?!\1).)*)\1""")
 
 
+_CONCAT = re.compile(r"""(['"])((?:\\.|(?!\1).)*)\1\s*[+.]\s*(['"])((?:\\.|(?!\3).)*)\3""")
+
+
+def fold_concatenation(script: str) -> str:
+    """'xm' + 'rig' → 'xmrig' (and Perl's 'xm' . 'rig'), so split names are still seen."""
+    for _ in range(8):
+        folded = _CONCAT.sub(lambda m: m.group(1) + m.group(2) + m.group(4) + m.group(1), script)
+        if folded == script:
+            break
+        script = folded
+    return script
+
+
 def embedded_commands(lang: str, script: str) -> list[tuple[str, str]]:
     """Commands an interpreter payload would run: ("shell", text) or ("argv", NUL-joined)."""
     found: list[tuple[str, str]] = []
+    if "+" in script or "." in script:
+        script = fold_concatenation(script)
     patterns = list(_EMBED["python"] if lang == "python" else _EMBED["other"])
     if lang in ("perl", "ruby", "php"):
         patterns += _EMBED["backtick"]
