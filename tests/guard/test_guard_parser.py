@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import corral.guard.frontends as frontends
 import corral.guard.parser as parser_module
 from corral.guard import ParseMode, parse_argv, parse_command
 from corral.guard.corpus import benign_commands, parse_labelled
@@ -342,7 +343,7 @@ def test_unterminated_input_never_reaches_bashlex(monkeypatch: pytest.MonkeyPatc
     def boom(*args: object) -> None:
         raise AssertionError("bashlex must not be called")
 
-    monkeypatch.setattr(parser_module.bashlex, "parse", boom)
+    monkeypatch.setattr(frontends.bashlex, "parse", boom)
     assert parse_command("echo ${x[").unparsable
 
 

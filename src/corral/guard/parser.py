@@ -19,22 +19,22 @@ turns that into the policy's verdict, never into a silent allow.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
-import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from types import FrameType
-from typing import Any
-
-import bashlex
-import bashlex.errors
+from dataclasses import dataclass, replace
 
 from corral.guard import wrappers
+from corral.guard.decoders import decode_base64, decode_hex, translate
+from corral.guard.frontends import (
+    BASHLEX_ERRORS,
+    Ids,
+    OverBudget,
+    Simple,
+    Walker,
+    bashlex_parse,
+    from_tokens,
+)
 from corral.guard.invocation import Invocation, ParsedCommand, ParseMode, Redirect, Source
-from corral.guard.lexer import LexError, Redir, Token, decode_ansi_c, tokenize
+from corral.guard.lexer import LexError, decode_ansi_c, tokenize
 
 MAX_DEPTH = 8  # nested payloads (bash -c inside eval inside ...) beyond this are unparsable
 MAX_LENGTH = 64 * 1024  # longer commands are refused as unparsable rather than scanned slowly
@@ -50,61 +50,6 @@ _SCRIPT_EXT = (".sh", ".bash", ".zsh", ".ksh")
 _QUOTED_DELIM = re.compile(r"<<(-?)[ \t]*(['\"])([\w.-]+)\2")
 _NAME_ONLY = re.compile(r"[A-Za-z_]\w*")
 _DECLARERS = frozenset({"export", "declare", "typeset", "local", "readonly"})
-# Errors bashlex raises on input it does not support (it has no common base class).
-_BASHLEX_ERRORS = (
-    bashlex.errors.ParsingError,
-    NotImplementedError,
-    AttributeError,
-    IndexError,
-    KeyError,
-    TypeError,
-    ValueError,
-    AssertionError,
-    RecursionError,
-)
-
-
-class _OverBudget(Exception):
-    """bashlex ran past its time budget."""
-
-
-def _bashlex_parse(source: str, budget: float) -> list[Any]:
-    """``bashlex.parse`` with a deadline, checked from a profile hook on calls/returns.
-
-    A profile hook (not a trace hook) costs ~2x on the 5% of commands that need
-    bashlex, and any loop in bashlex makes calls, so the deadline is always seen.
-    The previous profiler, if any, is restored.
-    """
-    deadline = time.perf_counter() + budget
-    calls = 0
-
-    def hook(frame: FrameType, event: str, arg: object) -> None:
-        nonlocal calls
-        calls += 1
-        if calls & 63 == 0 and time.perf_counter() > deadline:
-            raise _OverBudget
-
-    previous: Callable[..., Any] | None = sys.getprofile()
-    sys.setprofile(hook)
-    try:
-        return list(bashlex.parse(source))
-    finally:
-        sys.setprofile(previous)
-
-
-@dataclass(slots=True)
-class _Simple:
-    """A simple command before expansion, from either front end."""
-
-    words: list[str]
-    assignments: list[str]
-    redirects: list[Redir]
-    subs: list[str]
-    first_word_sub: bool = False  # argv[0] is a substitution: its output runs as a command
-    pipes: list[tuple[int, int]] = field(default_factory=list)  # (pipeline id, position)
-    background: bool = False
-    in_loop: bool = False
-    infinite_loop: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +71,7 @@ class _RunContext:
 
 @dataclass(slots=True)
 class _Expanded:
-    simple: _Simple
+    simple: Simple
     argv: list[str]
     assignments: list[str]
     redirects: list[Redirect]
@@ -137,284 +82,6 @@ class _Expanded:
     down: frozenset[str] = frozenset()  # programs after it (or a shell reading its output)
 
 
-class _Ids:
-    __slots__ = ("n",)
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def next(self) -> int:
-        self.n += 1
-        return self.n
-
-
-# --- front end 1: tokens ---------------------------------------------------------
-
-
-def _from_tokens(tokens: list[Token], ids: _Ids) -> list[_Simple]:
-    """Group tokens into simple commands. Reserved words are skipped, loops tracked."""
-    out: list[_Simple] = []
-    cur: _Simple | None = None
-    pipeline: list[_Simple] = []
-    pid = ids.next()
-    pos = 0
-    loops: list[bool] = []  # one entry per open do...done, True when infinite
-    pending_loop: str | None = None  # "while"/"until"/"for" seen, waiting for do
-    pending_infinite = False
-    skip_until: str | None = None  # skip words of a for/case header up to this word
-
-    def finish_command() -> None:
-        nonlocal cur, pos
-        if cur is not None:
-            cur.pipes.append((pid, pos))
-            cur.in_loop = bool(loops)
-            cur.infinite_loop = any(loops)
-            out.append(cur)
-            pipeline.append(cur)
-            cur = None
-
-    def finish_pipeline(background: bool) -> None:
-        nonlocal pid, pos
-        finish_command()
-        if background:
-            for s in pipeline:
-                s.background = True
-        pipeline.clear()
-        pid = ids.next()
-        pos = 0
-
-    case_depth = 0
-    expect_pattern = False  # after "case .. in" or ";;", "word)" is a pattern, not a command
-    for tok in tokens:
-        if tok.kind == "op":
-            if tok.op == ")" and expect_pattern and cur is not None and not cur.redirects:
-                cur = None
-                expect_pattern = False
-                continue
-            if tok.op in (";;", ";&", ";;&") and case_depth:
-                expect_pattern = True
-            if tok.op in ("|", "|&"):
-                finish_command()
-                pos += 1
-            else:
-                finish_pipeline(tok.op == "&")
-            continue
-        if skip_until is not None:
-            if tok.kind == "word" and tok.word is not None and tok.word.text == skip_until:
-                skip_until = None
-                expect_pattern = case_depth > 0 and pending_loop is None
-                if pending_loop is not None:
-                    loops.append(pending_infinite)
-                    pending_loop = None
-            continue
-        if tok.kind == "redir":
-            if cur is None:
-                cur = _Simple([], [], [], [])
-            if tok.redir is not None:
-                cur.redirects.append(tok.redir)
-                cur.subs.extend(tok.redir.subs)
-            continue
-        word = tok.word
-        if word is None:
-            continue
-        if cur is None or not cur.words:
-            text = word.text
-            if cur is None and text in ("while", "until"):
-                pending_loop, pending_infinite = text, False
-                continue
-            if cur is None and text in ("for", "select"):
-                pending_loop, pending_infinite, skip_until = text, False, "do"
-                continue
-            if cur is None and text == "case":
-                skip_until = "in"
-                case_depth += 1
-                continue
-            if cur is None and text == "esac":
-                case_depth = max(0, case_depth - 1)
-                expect_pattern = False
-                continue
-            if cur is None and text == "do":
-                if pending_loop is not None:
-                    loops.append(pending_infinite)
-                    pending_loop = None
-                continue
-            if cur is None and text == "done":
-                if loops:
-                    loops.pop()
-                continue
-            if cur is None and text in (
-                "if", "then", "else", "elif", "fi", "esac", "{", "}", "!", "time", "coproc",
-                "function", "in",
-            ):  # fmt: skip
-                continue
-            if cur is None:
-                cur = _Simple([], [], [], [])
-            if not cur.words and _ASSIGN.match(text):
-                cur.assignments.append(text)
-                cur.subs.extend(word.subs)
-                continue
-            if (pending_loop == "while" and text in ("true", ":")) or (
-                pending_loop == "until" and text == "false"
-            ):
-                pending_infinite = True
-            cur.first_word_sub = bool(word.subs)
-        cur.words.append(word.text)
-        cur.subs.extend(word.subs)
-    finish_pipeline(False)
-    return out
-
-
-# --- front end 2: bashlex ---------------------------------------------------------
-
-
-class _Walker:
-    """Turns a bashlex AST into simple commands; substitutions are kept as source text."""
-
-    def __init__(self, text: str, ids: _Ids) -> None:
-        self.text = text
-        self.ids = ids
-        self.out: list[_Simple] = []
-
-    def sub_text(self, node: bashlex.ast.node) -> str:
-        raw = self.text[node.pos[0] : node.pos[1]]
-        if raw.startswith(("$(", "<(", ">(")):
-            return raw[2:-1]
-        if raw.startswith("`"):
-            return raw[1:-1]
-        return raw
-
-    def literal(self, node: bashlex.ast.node) -> str:
-        """The word's text; bashlex does not decode $'\\x41' strings, the tokenizer does."""
-        raw = self.text[node.pos[0] : node.pos[1]]
-        if "$'" not in raw:
-            return str(node.word)
-        try:
-            tokens = tokenize(raw).tokens
-        except LexError:
-            return str(node.word)
-        if len(tokens) == 1 and tokens[0].word is not None:
-            return tokens[0].word.text
-        return str(node.word)
-
-    def word_subs(self, node: bashlex.ast.node) -> list[str]:
-        found: list[str] = []
-        for part in getattr(node, "parts", []) or []:
-            if part.kind in ("commandsubstitution", "processsubstitution"):
-                found.append(self.sub_text(part))
-            else:
-                found.extend(self.word_subs(part))
-        return found
-
-    def walk(self, node: bashlex.ast.node, loop: tuple[bool, bool]) -> list[_Simple]:
-        """Walk ``node``; returns the simple commands it produced (also appended to out)."""
-        kind = node.kind
-        if kind == "command":
-            return [self.command(node, loop)]
-        made: list[_Simple] = []
-        if kind == "list":
-            prev: list[_Simple] = []
-            for part in node.parts:
-                if part.kind == "operator":
-                    if part.op == "&":
-                        for s in prev:
-                            s.background = True
-                    continue
-                prev = self.walk(part, loop)
-                made.extend(prev)
-            return made
-        if kind == "pipeline":
-            pid = self.ids.next()
-            index = 0
-            for part in node.parts:
-                if part.kind == "pipe":
-                    index += 1
-                    continue
-                for s in self.walk(part, loop):
-                    s.pipes.append((pid, index))
-                    made.append(s)
-            return made
-        if kind in ("while", "until", "for"):
-            infinite = False
-            parts = node.parts
-            if kind in ("while", "until"):
-                words = _condition_words(parts[1]) if len(parts) > 1 else []
-                endless = (["true"], [":"]) if kind == "while" else (["false"],)
-                infinite = words in endless
-            inner = (True, loop[1] or infinite)
-            in_body = False  # the condition and the item list are not the loop body
-            for part in parts:
-                if part.kind == "reservedword":
-                    in_body = in_body or part.word == "do"
-                elif part.kind == "word":  # for-loop items may hold substitutions
-                    for sub in self.word_subs(part):
-                        carrier = _Simple([], [], [], [sub], in_loop=loop[0])
-                        self.out.append(carrier)
-                        made.append(carrier)
-                elif part.kind != "operator":
-                    made.extend(self.walk(part, inner if in_body else loop))
-            return made
-        if kind == "compound":
-            for part in node.list:
-                if part.kind not in ("reservedword", "operator"):
-                    made.extend(self.walk(part, loop))
-            for redirect in getattr(node, "redirects", []) or []:
-                redir = self.redirect(redirect)
-                for s in made:
-                    s.redirects.append(redir)
-            return made
-        if kind == "function":
-            return self.walk(node.body, loop)
-        for part in getattr(node, "parts", []) or []:
-            if part.kind not in ("reservedword", "operator", "pipe"):
-                made.extend(self.walk(part, loop))
-        return made
-
-    def redirect(self, node: bashlex.ast.node) -> Redir:
-        out = node.output
-        fd = node.input if isinstance(node.input, int) else None
-        if isinstance(out, int):
-            return Redir(node.type, str(out), fd)
-        target = out.word if out is not None else ""
-        redir = Redir(node.type, target, fd, subs=self.word_subs(out) if out is not None else [])
-        heredoc = getattr(node, "heredoc", None)
-        if heredoc is not None:
-            value = heredoc.value
-            # bashlex keeps the delimiter line at the end of the body.
-            redir.body = value.rpartition("\n")[0] if "\n" in value else ""
-        return redir
-
-    def command(self, node: bashlex.ast.node, loop: tuple[bool, bool]) -> _Simple:
-        simple = _Simple([], [], [], [], in_loop=loop[0], infinite_loop=loop[1])
-        for part in node.parts:
-            if part.kind == "assignment" and not simple.words:
-                simple.assignments.append(self.literal(part))
-                simple.subs.extend(self.word_subs(part))
-            elif part.kind in ("word", "assignment"):
-                subs = self.word_subs(part)
-                if not simple.words and subs:
-                    simple.first_word_sub = True
-                simple.words.append(self.literal(part))
-                simple.subs.extend(subs)
-            elif part.kind == "redirect":
-                redir = self.redirect(part)
-                simple.redirects.append(redir)
-                simple.subs.extend(redir.subs)
-        self.out.append(simple)
-        return simple
-
-
-def _condition_words(node: bashlex.ast.node) -> list[str]:
-    """Words of a loop condition made of one simple command, else []."""
-    if node.kind == "list":
-        commands = [p for p in node.parts if p.kind != "operator"]
-        if len(commands) != 1:
-            return []
-        node = commands[0]
-    if node.kind != "command":
-        return []
-    return [p.word for p in node.parts if p.kind == "word"]
-
-
 # --- the builder ------------------------------------------------------------------
 
 
@@ -422,29 +89,6 @@ def _subst(text: str, env: dict[str, str]) -> str:
     if "$" not in text or not env:
         return text
     return _VAR.sub(lambda m: env.get(m.group(1) or m.group(2), m.group(0)), text)
-
-
-def _decode_base64(text: str) -> str | None:
-    data = "".join(text.split())
-    if not data:
-        return None
-    data += "=" * (-len(data) % 4)
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        try:
-            raw = base64.urlsafe_b64decode(data)
-        except (binascii.Error, ValueError):
-            return None
-    return raw.decode("utf-8", errors="replace")
-
-
-def _decode_hex(text: str) -> str | None:
-    data = re.sub(r"(?i)\\x|0x|[\s:]", "", text)
-    try:
-        return bytes.fromhex(data).decode("utf-8", errors="replace")
-    except ValueError:
-        return None
 
 
 class Parser:
@@ -458,7 +102,7 @@ class Parser:
         self.modes: set[ParseMode] = set()
         self.unparsable: list[str] = []
         self.notes: list[str] = []
-        self.ids = _Ids()
+        self.ids = Ids()
         # Files this command writes with known content, and copies of programs under new
         # names: `echo x > /tmp/a; sh /tmp/a` and `cp /usr/bin/ssh s; ./s -R ..` are read.
         self.files: dict[str, tuple[str, str]] = {}
@@ -519,7 +163,7 @@ class Parser:
                 simple.infinite_loop = simple.infinite_loop or outer[2]
         self.build(simples, context, depth, extra_down, env, feeds_shell=feeds_shell)
 
-    def front_end(self, text: str, context: str) -> list[_Simple] | None:
+    def front_end(self, text: str, context: str) -> list[Simple] | None:
         try:
             lexed = tokenize(text)
         except LexError as exc:
@@ -530,7 +174,7 @@ class Parser:
         tokens = lexed.tokens
         if lexed.simple and self.fast_path:
             self.modes.add(ParseMode.FAST)
-            return _from_tokens(tokens, self.ids)
+            return from_tokens(tokens, self.ids)
         source = text
         if "<<" in text:
             # bashlex rejects quoted delimiters (<<'EOF') and wants a final newline.
@@ -538,16 +182,16 @@ class Parser:
             if not source.endswith("\n"):
                 source += "\n"
         try:
-            trees = _bashlex_parse(source, BASHLEX_BUDGET)
-        except _BASHLEX_ERRORS:
+            trees = bashlex_parse(source, BASHLEX_BUDGET)
+        except BASHLEX_ERRORS:
             self.modes.add(ParseMode.FALLBACK)
-            return _from_tokens(tokens, self.ids)
-        except _OverBudget:
+            return from_tokens(tokens, self.ids)
+        except OverBudget:
             self.modes.add(ParseMode.FALLBACK)
             self.notes.append(f"{context}: bashlex exceeded {BASHLEX_BUDGET}s; tokenizer used")
-            return _from_tokens(tokens, self.ids)
+            return from_tokens(tokens, self.ids)
         self.modes.add(ParseMode.BASHLEX)
-        walker = _Walker(source, self.ids)
+        walker = Walker(source, self.ids)
         for tree in trees:
             walker.walk(tree, (False, False))
         return walker.out
@@ -556,7 +200,7 @@ class Parser:
 
     def build(
         self,
-        simples: list[_Simple],
+        simples: list[Simple],
         context: str,
         depth: int,
         extra_down: frozenset[str],
@@ -731,7 +375,7 @@ class Parser:
             self.sources.append(Source(text, label))
             return (label, text)
         if prog == "tr":
-            translated = _translate(args, incoming[1])
+            translated = translate(args, incoming[1])
             if translated is not None:
                 label = f"translated {incoming[0]}"
                 self.sources.append(Source(translated, label))
@@ -741,7 +385,7 @@ class Parser:
         if kind is None:
             return None
         label = f"decoded {kind}"
-        decoded = _decode_base64(incoming[1]) if kind == "base64" else _decode_hex(incoming[1])
+        decoded = decode_base64(incoming[1]) if kind == "base64" else decode_hex(incoming[1])
         if decoded is None:
             self.sources.append(Source(incoming[1], f"undecodable {kind} payload"))
             return None
@@ -844,40 +488,6 @@ class Parser:
 
 def _operands(args: list[str]) -> list[str]:
     return [a for a in args if not a.startswith("-")]
-
-
-def _expand_tr_set(spec: str) -> str | None:
-    spec = decode_ansi_c(spec)
-    if "[:" in spec:
-        return None  # character classes: not worth emulating
-    out: list[str] = []
-    i = 0
-    while i < len(spec):
-        if i + 2 < len(spec) and spec[i + 1] == "-":
-            lo, hi = ord(spec[i]), ord(spec[i + 2])
-            if hi < lo:
-                return None
-            out.extend(chr(c) for c in range(lo, hi + 1))
-            i += 3
-        else:
-            out.append(spec[i])
-            i += 1
-    return "".join(out)
-
-
-def _translate(args: list[str], text: str) -> str | None:
-    """What ``tr SET1 SET2`` / ``tr -d SET`` prints (rot13 and similar), or None."""
-    flags = [a for a in args if a.startswith("-")]
-    sets = [_expand_tr_set(a) for a in _operands(args)]
-    if any(s is None for s in sets):
-        return None
-    if flags == ["-d"] and len(sets) == 1:
-        return text.translate({ord(c): None for c in sets[0] or ""})
-    if flags or len(sets) != 2 or not sets[0] or not sets[1]:
-        return None
-    src, dst = sets[0] or "", sets[1] or ""
-    dst = dst + dst[-1] * (len(src) - len(dst))
-    return text.translate(str.maketrans(src, dst[: len(src)]))
 
 
 def _norm_path(path: str) -> str:
