@@ -208,3 +208,27 @@ async def test_authorize_async_runs_the_approver_off_the_loop() -> None:
     assert (await guard.authorize_async("sudo ls")).verdict == Verdict.ALLOW
     assert (await guard.authorize_async("./xmrig")).verdict == Verdict.DENY
     assert seen and seen[0] != loop_thread
+
+
+def test_rules_are_compiled_once_not_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    Guard().check("ls")  # built-in rules loaded and compiled
+
+    def no_yaml(*args: object, **kwargs: object) -> None:
+        raise AssertionError("YAML must not be read per call or per Guard")
+
+    monkeypatch.setattr(yaml, "safe_load", no_yaml)
+    guard = Guard()
+    assert guard.check("./xmrig").verdict == Verdict.DENY
+
+
+def test_explain_ask_resolved_by_fallback() -> None:
+    result = explain(Guard().authorize("sudo ls"))
+    assert result.verdict == "deny"
+    assert "(ask_fallback)" in result.text and "privesc.sudo" in result.text
+
+
+def test_check_argv_command_text_is_quoted() -> None:
+    decision = Guard().check_argv(["echo", "a b"])
+    assert decision.command == "echo 'a b'"

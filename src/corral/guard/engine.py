@@ -14,6 +14,7 @@ Order of a decision, fixed so it can be reasoned about:
 from __future__ import annotations
 
 import asyncio
+import shlex
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -90,7 +91,7 @@ class Guard:
 
     def check_argv(self, argv: list[str]) -> Decision:
         """Decide on an exec'd process's argv (the monitor's view: no shell parsing)."""
-        command = " ".join(argv)
+        command = shlex.join(argv)
         if not self.policy.enabled:
             return Decision(Verdict.ALLOW, command, notes=("guard disabled by policy",))
         return self._decide(command, parse_argv(list(argv)))

@@ -446,6 +446,7 @@ class RuleSet:
         )
         found.sort(key=lambda r: self._order[id(r)])
         result = tuple(found)
+        # Plain dict writes are atomic under the GIL; racing threads only redo this work.
         if len(self._cache) < self._CACHE_MAX:
             self._cache[program] = result
         return result
