@@ -242,15 +242,20 @@ def test_nesting_beyond_the_limit_is_unparsable() -> None:
     assert parsed.unparsable is not None
 
 
+def _unquote(text: str) -> str:
+    return text.replace('"', "").replace("\\", "")
+
+
 def test_fast_path_agrees_with_bashlex() -> None:
     # bashlex mishandles backslashes and quotes nested in other quotes (it turns
-    # "%s\n" into %sn), so quote and backslash characters are ignored here.
+    # "%s\n" into %sn), so quote and backslash characters are ignored in argv here.
     def key(command: str, fast: bool) -> list[tuple[object, ...]]:
         out = []
         for i in parse_command(command, fast_path=fast).invocations:
-            argv = tuple(a.replace('"', "").replace("\\", "") for a in i.argv)
-            out.append((argv, [(r.op, r.target) for r in i.redirects], i.upstream, i.downstream,
-                        i.background))  # fmt: skip
+            argv = tuple(_unquote(a) for a in i.argv)
+            script = None if i.script is None else _unquote(i.script)
+            redirects = [(r.op, r.target, r.body) for r in i.redirects]
+            out.append((argv, redirects, script, i.upstream, i.downstream, i.background))
         return out
 
     corpus = benign_commands() + [

@@ -4,8 +4,9 @@ bashlex is the reference parser, but it costs ~250 µs a command and rejects val
 syntax (``[[ ]]``, ``case``, ``$((..))``, arrays, ``time``). This tokenizer knows
 quoting, operators, redirections, here-docs and substitutions well enough to split
 any command into simple commands. :func:`tokenize` reports whether the text used
-anything beyond words, pipes, lists and redirections (``simple``); only then is its
-result used instead of bashlex, because for that subset the AST is the token list.
+anything beyond words, pipes, lists, redirections and flat substitutions such as
+``$(date)`` (``simple``); only then is its result used instead of bashlex, because
+for that subset the AST is the token list.
 
 Substitutions (``$(..)``, backticks, ``<(..)``, ``>(..)``) are returned as raw text
 so the caller can parse them recursively with the full parser.
@@ -296,6 +297,15 @@ def _read_heredocs(text: str, pos: int, pending: list[Redir]) -> int:
     return pos
 
 
+def _flat(subs: list[str]) -> bool:
+    """Substitutions simple enough that this tokenizer's cut is certainly bash's.
+
+    Their text is parsed again on its own either way; bashlex is only needed when a
+    ``)`` inside (a case pattern, a subshell) could end the substitution early.
+    """
+    return all(not any(ch in sub for ch in "()`") and "case" not in sub for sub in subs)
+
+
 def tokenize(text: str) -> Tokens:
     """Split ``text`` into words, redirections and control operators.
 
@@ -322,7 +332,7 @@ def tokenize(text: str) -> Tokens:
             continue
         if c in "<>" and text.startswith("(", pos + 1):
             pos, word = _scan_word(text, pos)
-            simple = False
+            simple = simple and _flat(word.subs)
             tokens.append(Token("word", word=word))
             at_command = False
             continue
@@ -339,10 +349,9 @@ def tokenize(text: str) -> Tokens:
             pos, word = _scan_word(text, pos)
             redir = Redir(op, word.text, fd, subs=word.subs)
             if op in ("<<", "<<-"):
-                simple = False
                 pending.append(redir)
             if word.subs:
-                simple = False
+                simple = simple and _flat(word.subs)
             tokens.append(Token("redir", redir=redir))
             continue
         m = _CONTROL.match(text, pos)
@@ -363,7 +372,9 @@ def tokenize(text: str) -> Tokens:
         if pos == start:  # a lone character no rule consumed; keep it as a word
             word = Word(text[pos])
             pos += 1
-        if word.subs or (at_command and word.text in RESERVED and text[start] not in "'\"\\"):
+        if word.subs and not _flat(word.subs):
+            simple = False
+        if at_command and word.text in RESERVED and text[start] not in "'\"\\":
             simple = False
         if "$((" in word.text or (
             at_command and _ASSIGN.match(word.text) and text.startswith("(", pos)
