@@ -60,6 +60,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.delay is not None:
             self.delay.wait(5)
         status, body = self.replies.pop(0) if self.replies else (200, b'{"approve": true}')
+        if status == 0:  # not HTTP at all
+            self.wfile.write(body)
+            return
         self.send_response(status)
         if status in (301, 302):
             self.send_header("Location", "http://127.0.0.1:9/elsewhere")
@@ -111,6 +114,7 @@ def test_webhook_approves_and_receives_the_decision(server: str) -> None:
         (200, b"\xff\xfe"),
         (500, b'{"approve": true}'),
         (302, b'{"approve": true}'),
+        (0, b"garbage\r\n\r\n"),
         (200, b'{"approve": true, "pad": "' + b"x" * 70_000 + b'"}'),
     ],
 )

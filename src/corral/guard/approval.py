@@ -7,6 +7,7 @@ callback propagates, so the command still does not run.
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -122,8 +123,8 @@ class WebhookApprover:
                 if response.status != 200:
                     raise ApprovalError(f"webhook answered HTTP {response.status}")
                 raw = response.read(_MAX_REPLY + 1)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            # URLError/HTTPError, timeouts, refused connections, bad URLs.
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+            # URLError/HTTPError, garbled HTTP, timeouts, refused connections, bad URLs.
             raise ApprovalError(f"webhook failed: {exc}") from exc
         if len(raw) > _MAX_REPLY:
             raise ApprovalError("webhook reply too large")
