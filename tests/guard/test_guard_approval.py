@@ -46,6 +46,15 @@ def test_cli_approver_garbage_then_eof_is_no() -> None:
     assert approver.approve(asked_decision()) is False
 
 
+def test_cli_approver_shows_the_command_verbatim() -> None:
+    console = quiet_console()
+    decision = Guard().check("sudo [black on black]xmrig[/] \x1b[8mhidden\rls")
+    CliApprover(stream=io.StringIO("n\n"), console=console).approve(decision)
+    shown = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "[black on black]xmrig[/]" in shown
+    assert "\x1b" not in shown and "\\x1b[8mhidden\\x0dls" in shown
+
+
 # --- webhook against a real local server ---------------------------------------------
 
 

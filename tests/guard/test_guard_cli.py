@@ -72,3 +72,8 @@ def test_policy_file_with_rule_files(tmp_path: Path) -> None:
     policy.write_text(f"guard:\n  rule_files: ['{rules}']\n  disabled_rules: [privesc.sudo]\n")
     assert runner.invoke(guard_app, ["check", "-p", str(policy), "cowsay"]).exit_code == 1
     assert runner.invoke(guard_app, ["check", "-p", str(policy), "sudo ls"]).exit_code == 0
+
+
+def test_terminal_escapes_in_commands_are_shown_not_obeyed() -> None:
+    result = runner.invoke(guard_app, ["check", "ls \x1b[2J"])
+    assert "\x1b" not in result.output and "\\x1b[2J" in result.output

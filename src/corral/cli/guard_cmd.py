@@ -42,13 +42,18 @@ EXIT_ERROR = 2
 EXIT_ASK = 3
 
 
+def _visible(text: str) -> str:
+    # Commands come from agents: show terminal escapes instead of letting them act.
+    return "".join(c if c.isprintable() or c == "\n" else f"\\x{ord(c):02x}" for c in text)
+
+
 def _render(decision: Decision) -> str:
-    lines = [f"{str(decision.verdict).upper():5} {decision.command}"]
+    lines = [f"{str(decision.verdict).upper():5} {_visible(decision.command)}"]
     for f in decision.findings:
         lines.append(
             f"      {f.rule_id} [{f.category}, {f.severity}, ATT&CK {f.attack}, {f.verdict}]"
         )
-        lines.append(f"        {f.explanation}")
+        lines.append(f"        {_visible(f.explanation)}")
     for note in decision.notes:
         lines.append(f"      note: {note}")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol, TextIO, runtime_checkable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.prompt import Confirm, InvalidResponse
 
 from corral.errors import CorralError
@@ -46,6 +47,11 @@ class CallbackApprover:
         return self._callback(decision) is True
 
 
+def _visible(text: str) -> str:
+    """Control characters (ANSI escapes, carriage returns) shown as \\xNN, not obeyed."""
+    return "".join(c if c.isprintable() or c == "\n" else f"\\x{ord(c):02x}" for c in text)
+
+
 class _YesNo(Confirm):
     """Confirm that also takes 'yes'/'no'; anything else asks again, EOF gives the default."""
 
@@ -67,13 +73,19 @@ class CliApprover:
 
     def approve(self, decision: Decision) -> bool:
         con = self._console
-        con.print(f"[bold yellow]Guard asks about:[/] {decision.command}", markup=True,
-                  highlight=False)  # fmt: skip
+        # The command is the agent's text: it must not restyle or hide itself from the human
+        # (rich markup such as [black on black], terminal escape sequences).
+        con.print("[bold yellow]Guard asks about:[/]", escape(_visible(decision.command)),
+                  markup=True, highlight=False)  # fmt: skip
         for f in decision.findings:
-            con.print(f"  - {f.rule_id} ({f.category}, {f.severity}, {f.attack}): {f.explanation}",
-                      markup=False, highlight=False)  # fmt: skip
-        answer = _YesNo.ask("Allow this command?", console=con, default=False,
-                             stream=self._stream)  # fmt: skip
+            line = f"  - {f.rule_id} ({f.category}, {f.severity}, {f.attack}): {f.explanation}"
+            con.print(_visible(line), markup=False, highlight=False)
+        try:
+            answer = _YesNo.ask(
+                "Allow this command?", console=con, default=False, stream=self._stream
+            )
+        except (EOFError, OSError):
+            return False  # stdin closed or unreadable: nobody said yes
         return answer is True
 
 
