@@ -1,4 +1,4 @@
-"""Entry point: ``corral run | gc | setup | policy``."""
+"""Entry point: ``corral run | demo | guard | gc | setup | policy``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import typer
 from corral.errors import CorralError
 from corral.policy import list_profiles, load_policy
 
+from .guard_cmd import guard_app
 from .output import err_console, fail, out_console
 from .run_cmd import run
 
@@ -26,6 +27,7 @@ app.command(context_settings={"allow_interspersed_args": False})(run)
 
 policy_app = typer.Typer(help="Inspect and validate policies.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+app.add_typer(guard_app, name="guard")
 
 
 @app.command()
