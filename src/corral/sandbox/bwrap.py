@@ -79,6 +79,8 @@ class BwrapParams:
     hidden: tuple[tuple[str, bool], ...] = ()
     # A prepared directory holding the /etc allowlist (see etcview); None binds entry by entry.
     etc_view: str | None = None
+    # Datagram socket on which each command's process reports its (host-translated) pid.
+    report_fd: int | None = None
 
 
 def build_argv(p: BwrapParams) -> list[str]:
@@ -145,4 +147,6 @@ def build_argv(p: BwrapParams) -> list[str]:
     argv += ["--clearenv", "--setenv", "PATH", "/usr/sbin:/usr/bin:/sbin:/bin"]
     argv += ["--chdir", fs.workspace_path]
     argv += ["--", INIT_PATH, "serve"]
+    if p.report_fd is not None:
+        argv.append(str(p.report_fd))
     return argv

@@ -14,7 +14,9 @@ import json
 import os
 import secrets
 import signal
+import socket
 import stat
+import struct
 import subprocess
 import tarfile
 import tempfile
@@ -50,6 +52,7 @@ OutputCallback = Callable[[int, bytes], None]
 _READY_TIMEOUT = 30.0
 _UNRESPONSIVE_GRACE = 5.0
 _FILE_CAP = 1 << 30
+_CRED_SPACE = socket.CMSG_SPACE(struct.calcsize("iII"))
 
 
 class NetworkAttachment(Protocol):
@@ -84,6 +87,7 @@ class _Job:
     stderr: bytearray = field(default_factory=bytearray)
     ns_pid: int | None = None
     host_pid: int | None = None
+    announced: bool = False
 
 
 def _base_env(workspace: str) -> dict[str, str]:
@@ -223,6 +227,7 @@ class AsyncSandbox:
         self._ready: asyncio.Future[None] | None = None
         self._last_oom_kills = 0
         self._last_refused_forks = 0
+        self._reports: socket.socket | None = None
         self.init_pid: int | None = None
         self.created_at = time.time()
 
@@ -323,6 +328,12 @@ class AsyncSandbox:
             fds.append(seccomp)
             info_read, info_write = os.pipe()
             fds.append(info_write)
+            self._reports, report_child = socket.socketpair(
+                socket.AF_UNIX, socket.SOCK_DGRAM
+            )
+            self._reports.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            self._reports.setblocking(False)
+            fds.append(report_child.detach())
             params = BwrapParams(
                 bwrap=self._host.bwrap,
                 init_binary=self._host.init,
@@ -332,6 +343,7 @@ class AsyncSandbox:
                 data_files=tuple(data_files),
                 joined_netns=netns is not None,
                 etc_view=self._host.etc_view,
+                report_fd=fds[-1],
                 hidden=hidden,
             )
             launch = [self._host.init, "launch", "--uid", str(self.uid), "--gid", str(self.uid)]
@@ -353,6 +365,7 @@ class AsyncSandbox:
             for fd in fds:
                 os.close(fd)
         loop = asyncio.get_running_loop()
+        loop.add_reader(self._reports.fileno(), self._on_reports)
         self._reader = asyncio.StreamReader(limit=2**20)
         read_transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(self._reader), self._proc.stdout
@@ -451,6 +464,9 @@ class AsyncSandbox:
         for job in list(self._jobs.values()):
             if not job.future.done():
                 job.future.set_result(None)
+        if self._reports is not None:
+            asyncio.get_running_loop().remove_reader(self._reports.fileno())
+            self._reports.close()
         for transport in self._transports:
             transport.close()  # unregisters from the selector before the fd is closed
         if self._proc is not None:
@@ -547,18 +563,47 @@ class AsyncSandbox:
             if job is None:
                 return
             job.ns_pid = ns_pid
-            job.host_pid = _host_pid_of(self.init_pid, self._cgroup, ns_pid)
-            if not job.internal:
-                self._emit(
-                    EventKind.EXEC_START, step=job.step, pid=job.host_pid,
-                    data={"ns_pid": ns_pid, "job": job_id},
-                )
             return
         if kind == wire.RSP_EXIT:
             frame = wire.decode_exit(body)
             job = self._jobs.get(frame.job_id)
             if job is not None and not job.future.done():
+                if not job.announced:
+                    self._on_reports()  # its report may be waiting behind this frame
+                if not job.announced and job.ns_pid is not None:
+                    # Its report was lost (full socket buffer): find it the slow way, if
+                    # it is still there, so the start is recorded before the end.
+                    job.host_pid = _host_pid_of(self.init_pid, self._cgroup, job.ns_pid)
+                    self._announce(job)
                 job.future.set_result(frame)
+
+    def _on_reports(self) -> None:
+        """Each command's process sends its job id with SCM_CREDENTIALS before it execs;
+        the kernel rewrites the pid into our namespace, so no /proc race is possible."""
+        if self._reports is None:
+            return
+        while True:
+            try:
+                data, ancdata, _, _ = self._reports.recvmsg(4, _CRED_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if len(data) != 4:
+                continue
+            job = self._jobs.get(int.from_bytes(data, "little"))
+            if job is None or job.announced:
+                continue
+            for level, kind, cred in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    job.host_pid = struct.unpack("iII", cred[:12])[0]
+            self._announce(job)
+
+    def _announce(self, job: _Job) -> None:
+        job.announced = True
+        if not job.internal:
+            self._emit(EventKind.EXEC_START, step=job.step, pid=job.host_pid,
+                       data={"ns_pid": job.ns_pid, "job": job.job_id})
 
     async def _read_stderr(self) -> None:
         if self._proc is None or self._proc.stderr is None:

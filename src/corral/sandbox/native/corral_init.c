@@ -7,7 +7,7 @@
  *       network namespace, drops to the sandbox's unprivileged uid/gid with no
  *       supplementary groups and no_new_privs, then execs PROGRAM (bwrap).
  *
- *   corral-init serve
+ *   corral-init serve [REPORT_FD]
  *       Runs inside the sandbox as PID 1 (bwrap --as-pid-1). Reads framed requests on
  *       fd 0, runs commands, streams their output and exit status on fd 1. As the pid
  *       namespace's init it cannot be killed from inside, and it reaps every orphan.
@@ -30,6 +30,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
@@ -117,6 +118,9 @@ struct job {
 };
 
 static struct job jobs[MAX_JOBS];
+/* Datagram socket to the host: each command's process reports itself here with
+ * SCM_CREDENTIALS, which the kernel translates into the host's pid namespace. */
+static int report_fd = -1;
 static int drain_fds[MAX_DRAIN];
 static int n_drain;
 static char *inbuf;
@@ -274,6 +278,24 @@ static int read_str(const char **p, const char *end, char **out) {
     return (int)len;
 }
 
+/* Runs in the command's process before exec: the host learns its host pid even if the
+ * command exits a microsecond later. */
+static void report_self(uint32_t id) {
+    struct ucred cred = {.pid = getpid(), .uid = getuid(), .gid = getgid()};
+    char control[CMSG_SPACE(sizeof cred)];
+    memset(control, 0, sizeof control);
+    struct iovec iov = {.iov_base = &id, .iov_len = sizeof id};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
+                         .msg_control = control, .msg_controllen = sizeof control};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_CREDENTIALS;
+    cm->cmsg_len = CMSG_LEN(sizeof cred);
+    memcpy(CMSG_DATA(cm), &cred, sizeof cred);
+    ssize_t sent = sendmsg(report_fd, &msg, MSG_DONTWAIT);
+    (void)sent; /* best effort: the host falls back to a /proc lookup */
+}
+
 static void child_fail(const char *what, const char *arg) {
     char msg[512];
     int n = snprintf(msg, sizeof msg, "corral: %s %s: %s\n", what, arg, strerror(errno));
@@ -325,6 +347,7 @@ static void start_job(const char *p, const char *end) {
         dup2(devnull, 0);
         dup2(out[1], 1);
         dup2(err[1], 2);
+        if (report_fd >= 0) report_self(id);
         syscall(SYS_close_range, 3, ~0U, 0);
         if (chdir(cwd) < 0) child_fail("cannot enter directory", cwd);
         execvpe(av[0], av, ev);
@@ -414,7 +437,9 @@ static void reap(void) {
     }
 }
 
-static int serve(void) {
+static int serve(int fd) {
+    report_fd = fd;
+    if (report_fd >= 0) fcntl(report_fd, F_SETFD, FD_CLOEXEC);
     /* Not dumpable: the workload (same uid) can't read our memory or environ via /proc. */
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     signal(SIGPIPE, SIG_IGN);
@@ -519,7 +544,7 @@ static int serve(void) {
 
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "launch")) return launch(argc - 2, argv + 2);
-    if (argc >= 2 && !strcmp(argv[1], "serve")) return serve();
+    if (argc >= 2 && !strcmp(argv[1], "serve")) return serve(argc >= 3 ? atoi(argv[2]) : -1);
     fprintf(stderr, "usage: corral-init launch ... -- PROGRAM | corral-init serve\n");
     return 120;
 }
