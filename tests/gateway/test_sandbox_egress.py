@@ -517,13 +517,9 @@ async def test_forbidden_sni_or_no_sni_to_allowed_ip_refused(
     assert simnet.received() == before
 
 
-# --- known gaps -----------------------------------------------------------------------
+# --- UDP attribution -----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pidmap.socket_inode matches a socket's exact local address, but an unconnected UDP "
-    "socket is bound to 0.0.0.0/:: in /proc/net/udp*, so the sender of a dropped "
-    "datagram or of a denied or tunnelling DNS query is never found (pid None)"))
 async def test_udp_senders_are_named(boxes: MakeBox, simnet: SimNet) -> None:
     box = await boxes([EXAMPLE])
     udp = await box.run(["python3", "-c", UDP, simnet.ip("sink")], step=20)

@@ -38,18 +38,32 @@ def _hex_address(text: str) -> tuple[str, int]:
 
 
 def socket_inode(table: str, local_ip: str, local_port: int) -> int | None:
-    """The inode of the socket bound to ``local_ip:local_port`` in a /proc/net/{tcp,udp}* text."""
-    want = (str(ipaddress.ip_address(local_ip)), local_port)
+    """The inode of the socket bound to ``local_ip:local_port`` in a /proc/net/{tcp,udp}* text.
+
+    An exact match wins; otherwise a socket bound to the unspecified address on that port
+    (an unconnected UDP sender is listed as ``0.0.0.0:port`` or ``[::]:port``).
+    """
+    ip = ipaddress.ip_address(local_ip)
+    exact = (str(ip), local_port)
+    wildcards = {("0.0.0.0", local_port), ("::", local_port)}
+    if ip.version == 4:
+        exact_mapped = (str(ipaddress.IPv6Address(f"::ffff:{ip}")), local_port)
+    else:
+        exact_mapped = exact
+    fallback: int | None = None
     for line in table.splitlines()[1:]:
         fields = line.split()
-        if len(fields) < 10:
+        if len(fields) < 10 or fields[9] == "0":
             continue
         try:
-            if _hex_address(fields[1]) == want and fields[9] != "0":
-                return int(fields[9])
+            address = _hex_address(fields[1])
         except ValueError:
             continue
-    return None
+        if address in (exact, exact_mapped):
+            return int(fields[9])
+        if address in wildcards and fallback is None:
+            fallback = int(fields[9])
+    return fallback
 
 
 def pid_of_socket(pids: list[int], inode: int, *, proc: Path = _PROC) -> int | None:
