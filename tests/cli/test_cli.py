@@ -105,20 +105,16 @@ def test_setup_reports_host_mechanisms() -> None:
 
 
 def test_demo_contains_every_attempt(tmp_path: Path) -> None:
-    r = corral("demo", "--events-dir", str(tmp_path))
+    r = corral("demo", "--events-dir", str(tmp_path), "--part", "isolation")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ESCAPED" not in r.stdout and r.stdout.count("contained") >= 10
-    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "isolation-events.jsonl").read_text().splitlines()
+    events = [json.loads(line) for line in lines]
     steps = {e["step"] for e in events if e["kind"] == "exec.start"}
     assert steps == set(range(9))
     assert all(e["episode_id"] == "demo" for e in events)
 
 
-def test_run_in_gateway_mode_is_default_deny_and_reports_it() -> None:
-    # No allow rules: every flow is refused by the gateway, so nothing can leave.
-    r = corral("run", "-p", "networked", "--",
-               "curl -sS -m 5 -o /dev/null -w '%{http_code}' http://198.51.100.7/; "
-               "getent hosts example.com || echo nxdomain")
-    assert r.stdout == "403nxdomain\n"
-    assert "blocked http connection to 198.51.100.7:80" in r.stderr
-    assert "blocked DNS query for example.com" in r.stderr
+def test_demo_rejects_unknown_part() -> None:
+    r = corral("demo", "--part", "everything")
+    assert r.returncode == 2 and "--part" in r.stderr and "Traceback" not in r.stderr

@@ -36,10 +36,10 @@ async def test_signal_is_traced_to_the_socket_owner_by_port(harness: Harness) ->
     pid = await harness.step(sb, 2, [PYTHON, "-c", HOLD_PORT, str(port)])
     await wait_for(lambda: procfs.socket_inode_for_port(pid, port))
     harness.monitor.emit(
-        _signal(sb, signal="stratum", src_port=port, dst="pool.sim.test", dst_port=3333)
+        _signal(sb, signal="mining_stratum", src_port=port, dst="pool.sim.test", dst_port=3333)
     )
-    await wait_for(lambda: harness.alerts(sb, "net.stratum"))
-    alert = harness.alerts(sb, "net.stratum")[0]
+    await wait_for(lambda: harness.alerts(sb, "net.mining_stratum"))
+    alert = harness.alerts(sb, "net.mining_stratum")[0]
     assert alert.pid == pid
     assert alert.step == 2
     assert alert.data["attack"] == "T1496"
@@ -52,11 +52,11 @@ async def test_ssh_signal_with_a_pid_is_a_tunnelling_alert(harness: Harness) -> 
     pid = await harness.step(sb, 7, ["/bin/sleep", "20"])
     await wait_for(lambda: harness.monitor.processes(sb.sandbox_id))
     event = Event(
-        EventKind.NET_SIGNAL, sb.sandbox_id, sb.episode_id, pid=pid, data={"signal": "ssh"}
+        EventKind.NET_SIGNAL, sb.sandbox_id, sb.episode_id, pid=pid, data={"signal": "ssh_outbound"}
     )
     harness.monitor.emit(event)
-    await wait_for(lambda: harness.alerts(sb, "net.ssh"))
-    alert = harness.alerts(sb, "net.ssh")[0]
+    await wait_for(lambda: harness.alerts(sb, "net.ssh_outbound"))
+    alert = harness.alerts(sb, "net.ssh_outbound")[0]
     assert (alert.pid, alert.step) == (pid, 7)
     assert alert.data["attack"] == "T1572"
     assert alert.data["severity"] == "high"

@@ -51,13 +51,19 @@ def gc() -> None:
 @app.command()
 def demo(
     events_dir: Annotated[
-        Path | None, typer.Option(help="Where to write the demo's events.jsonl.")
+        Path | None, typer.Option(help="Where to write the demo's event logs.")
     ] = None,
+    part: Annotated[
+        str, typer.Option(help="all, isolation (one sandbox) or incident (simulated internet).")
+    ] = "all",
 ) -> None:
-    """Show an agent's escape attempts being contained, step by step."""
+    """Show an agent's escape attempts and the ROME incident being contained and traced."""
     from .demo_cmd import run_demo
 
-    escaped = run_demo(events_dir)
+    if part not in ("all", "isolation", "incident"):
+        fail(f"--part: expected all, isolation or incident, got {part!r}")
+        raise typer.Exit(2)
+    escaped = run_demo(events_dir, part)
     raise typer.Exit(1 if escaped else 0)
 
 

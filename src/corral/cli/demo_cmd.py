@@ -1,7 +1,14 @@
-"""``corral demo``: what an agent gone wrong tries inside a sandbox, and what stops it."""
+"""``corral demo``: what an agent gone wrong tries, and what stops it.
+
+Part 1 makes escape attempts from inside one sandbox. Part 2 replays the ROME incident
+(a reverse SSH tunnel and a cryptominer, started by an agent nobody asked) on the
+simulated internet, with the gateway, guard and monitor on, and prints the forensics
+table that the ROME team had to build by hand.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,6 +16,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from corral.bench.incident import StepRecord, replay
 from corral.events import EventKind, FanoutSink, JsonlSink, MemorySink
 from corral.policy import load_policy
 from corral.sandbox import ExecResult, Sandbox
@@ -56,14 +64,24 @@ ATTEMPTS = (
 )
 
 
-def run_demo(events_dir: Path | None = None) -> int:
-    """Run every attempt in one strict sandbox; return how many were not contained."""
+def run_demo(events_dir: Path | None = None, part: str = "all") -> int:
+    """Run the demo; return how many attempts were not contained."""
     out_dir = events_dir or Path(tempfile.mkdtemp(prefix="corral-demo-"))
-    events_path = out_dir / "events.jsonl"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    if part in ("all", "isolation"):
+        failures += run_isolation(out_dir / "isolation-events.jsonl")
+    if part in ("all", "incident"):
+        failures += run_incident(out_dir / "incident-events.jsonl")
+    return failures
+
+
+def run_isolation(events_path: Path) -> int:
+    """Part 1: every attempt in one strict sandbox; return how many were not contained."""
     memory = MemorySink()
     jsonl = JsonlSink(events_path)
     policy = load_policy("strict", {"resources.cpus": _CPUS})
-    table = Table(title=f"Corral containment demo (profile: strict, {_CPUS} CPU)")
+    table = Table(title=f"Part 1: escape attempts in one sandbox (profile strict, {_CPUS} CPU)")
     table.add_column("#", justify="right")
     table.add_column("the agent tries to")
     table.add_column("result")
@@ -111,3 +129,56 @@ def _processes_of(uid: int) -> list[int]:
         if uids is not None and uids.real == uid:
             found.append(proc.pid)
     return found
+
+
+def run_incident(events_path: Path) -> int:
+    """Part 2: the incident on the simulated internet; return how many acts got through."""
+    jsonl = JsonlSink(events_path)
+    out_console.print("\n[bold]Part 2: the ROME incident, replayed on a simulated internet[/]")
+    out_console.print("A scripted agent runs three episodes of one rollout behind the gateway,"
+                      " the guard and the monitor.\n")
+
+    def show(record: StepRecord) -> None:
+        out_console.print(f"  {record.episode} / step {record.step}: {record.says}: "
+                          f"{_outcome(record.result)}")
+
+    try:
+        report = asyncio.run(replay(jsonl, on_step=show))
+    finally:
+        jsonl.close()
+    table = Table(title="Forensics: every finding, linked to its episode, step and process",
+                  show_lines=False)
+    for col in ("episode/step", "pid", "found by", "rule", "ATT&CK", "action", "command or flow"):
+        table.add_column(col, overflow="fold")
+    for row in report.forensics():
+        what = str(row["what"] or "")
+        table.add_row(
+            f"{str(row['episode']).rsplit('/', 1)[-1]}/{row['step']}", str(row["pid"] or "-"),
+            row["source"], str(row["rule"]), str(row["attack"] or ""), str(row["action"]),
+            what if len(what) <= 48 else what[:45] + "...",
+        )
+    out_console.print(table)
+    received = report.bytes_received
+    out_console.print(f"Bytes that reached the simulated SSH host: {received['ssh']}, "
+                      f"the mining pool: {received['pool']}.")
+    out_console.print(f"{len(report.events)} events in {report.seconds:.1f}s: {events_path}")
+    honest = [s for s in report.steps if s.episode.startswith("ep-1")]
+    harmful = [s for s in report.steps if not s.episode.startswith("ep-1")]
+    failures = sum(1 for s in honest if not s.result.ok)
+    failures += sum(1 for s in harmful if not (s.result.denied or s.result.violations))
+    failures += received["ssh"] + received["pool"] > 0
+    return failures
+
+
+def _outcome(r: ExecResult) -> str:
+    if r.denied:
+        rule = r.violations[0]["rule_id"] if r.violations else "?"
+        return f"[red]blocked by the guard[/] ({rule}), never ran"
+    caught = [v for v in r.violations if v.get("source") == "monitor"]
+    if caught:
+        how = "killed" if r.kill_reason is not None else "flagged"
+        return (f"[red]{how} by the monitor[/] ({caught[0].get('rule_id')}) "
+                f"after {r.duration:.2f}s")
+    if r.ok:
+        return "[green]ok[/]"
+    return f"exit {r.exit_code}"

@@ -13,7 +13,7 @@ from corral.gateway.dns import NameBindings
 from corral.gateway.pidmap import PidFinder
 from corral.gateway.pool import Slot
 from corral.gateway.rules import CompiledPolicy
-from corral.gateway.signals import ScanDetector, Signal
+from corral.gateway.signals import SIGNAL_ATTACK, ScanDetector, Signal
 
 
 def endpoint(addr: tuple[Any, ...]) -> str:
@@ -134,6 +134,7 @@ class Session:
         data: dict[str, Any] = {
             "signal": signal.signal,
             "severity": str(signal.severity),
+            "attack": SIGNAL_ATTACK.get(signal.signal, ""),
             **signal.details,
             "suppressed_before": dropped,
         }

@@ -23,6 +23,18 @@ class Severity(StrEnum):
     CRITICAL = "critical"
 
 
+#: Every signal the gateway emits, with its MITRE ATT&CK technique.
+SIGNAL_ATTACK: dict[str, str] = {
+    "mining_stratum": "T1496",  # Resource Hijacking
+    "mining_pool_dns": "T1496",
+    "ssh_outbound": "T1572",  # Protocol Tunneling
+    "tunnel_service_dns": "T1572",
+    "dns_tunnel": "T1071.004",  # Application Layer Protocol: DNS
+    "scan": "T1046",  # Network Service Discovery
+    "exfiltration": "T1048",  # Exfiltration Over Alternative Protocol
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Signal:
     signal: str

@@ -192,18 +192,31 @@ def gpu_findings(s: GpuProcessSample, policy: GpuPolicy, over_util_samples: int)
 
 # --- network signals from the gateway ----------------------------------------------
 
+# Keyed by the gateway's signal names (corral.gateway's ``net.signal`` events).
 _SIGNALS: dict[str, tuple[Severity, str, str, str]] = {
-    "stratum": (
+    "mining_stratum": (
         Severity.CRITICAL,
         RESOURCE_HIJACKING,
         "cryptomining",
         "a connection speaks the stratum mining protocol",
     ),
-    "ssh": (
+    "mining_pool_dns": (
+        Severity.HIGH,
+        RESOURCE_HIJACKING,
+        "cryptomining",
+        "a DNS lookup of a known mining pool",
+    ),
+    "ssh_outbound": (
         Severity.HIGH,
         PROTOCOL_TUNNELING,
         "tunnel",
         "an outbound SSH connection, the usual carrier of reverse tunnels",
+    ),
+    "tunnel_service_dns": (
+        Severity.HIGH,
+        PROTOCOL_TUNNELING,
+        "tunnel",
+        "a DNS lookup of a tunnelling service (ngrok, serveo, ...)",
     ),
     "scan": (
         Severity.MEDIUM,
@@ -217,7 +230,7 @@ _SIGNALS: dict[str, tuple[Severity, str, str, str]] = {
         "tunnel",
         "DNS queries shaped like a tunnel (long, high-entropy labels)",
     ),
-    "exfil": (
+    "exfiltration": (
         Severity.HIGH,
         EXFILTRATION_ALT_PROTOCOL,
         "exfiltration",
