@@ -15,7 +15,7 @@ fi
 # System packages: sandbox (bubblewrap, libseccomp), networking (iproute2, nftables),
 # the in-sandbox supervisor's compiler, and the tools tests drive inside sandboxes.
 PKGS=(bubblewrap libseccomp2 iproute2 nftables gcc libc6-dev python3 python3-venv python3-pip
-      procps psmisc util-linux ca-certificates curl openssh-client openssh-server socat git)
+      procps psmisc util-linux ca-certificates openssl curl openssh-client socat git)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,11 +24,6 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing system packages: ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-# openssh-server's package scripts may start a daemon on the host; Corral's tests run their
-# own sshd inside a test namespace and need none on the host.
-if command -v systemctl >/dev/null && systemctl is-active --quiet ssh 2>/dev/null; then
-    systemctl disable --now ssh >/dev/null 2>&1 || true
 fi
 
 # Python 3.11+: the first python3 on PATH if new enough, else Debian's.

@@ -238,3 +238,14 @@ def test_close_leaves_no_process_cgroup_or_slot() -> None:
     assert sid not in h.cgroups.names()
     assert h.state.slot_owner(uid - 2_100_000_000) is None
     assert not h.state.has_record(sid)
+
+
+def test_granted_gpu_missing_on_host_fails_before_start() -> None:
+    from corral.errors import SandboxUnavailable
+    from corral.sandbox.host import host
+
+    before = set(host().cgroups.names())
+    policy = make_policy(**{"gpu.devices": [7]})
+    with pytest.raises(SandboxUnavailable, match="/dev/nvidia7 does not exist"):
+        Sandbox.create(policy)
+    assert set(host().cgroups.names()) == before

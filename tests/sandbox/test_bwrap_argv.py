@@ -5,9 +5,13 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import pytest
+
+from corral.errors import SandboxUnavailable
 from corral.policy import load_policy
 from corral.sandbox.bwrap import BwrapParams, build_argv
 from corral.sandbox.etcview import PLACEHOLDERS, etc_view
+from corral.sandbox.runtime import _gpu_device_nodes
 
 
 def params(**kw: object) -> BwrapParams:
@@ -68,3 +72,20 @@ def test_etc_view_copies_only_world_readable_entries(tmp_path: Path) -> None:
         assert (view / name).read_text() == ""  # host identity never copied
     assert stat.S_IMODE(view.stat().st_mode) == 0o755
     assert etc_view(tmp_path / "views", etc) == view  # unchanged host: same view reused
+
+
+def test_granted_gpu_nodes_are_bound_and_nothing_else() -> None:
+    argv = build_argv(params(gpu_devices=("/dev/nvidia1", "/dev/nvidiactl")))
+    binds = [argv[i + 1] for i, a in enumerate(argv) if a == "--dev-bind"]
+    assert binds == ["/dev/nvidia1", "/dev/nvidiactl"]
+    assert "--dev-bind" not in build_argv(params())
+
+
+def test_gpu_nodes_resolved_from_policy(tmp_path: Path) -> None:
+    (tmp_path / "nvidia0").touch()
+    (tmp_path / "nvidiactl").touch()
+    assert _gpu_device_nodes([0], tmp_path) == (str(tmp_path / "nvidia0"),
+                                                 str(tmp_path / "nvidiactl"))
+    assert _gpu_device_nodes([], tmp_path) == ()
+    with pytest.raises(SandboxUnavailable, match="nvidia3 does not exist"):
+        _gpu_device_nodes([3], tmp_path)

@@ -81,6 +81,8 @@ class BwrapParams:
     etc_view: str | None = None
     # Datagram socket on which each command's process reports its (host-translated) pid.
     report_fd: int | None = None
+    # Host device nodes of the GPUs the policy grants (resolved and checked by the caller).
+    gpu_devices: tuple[str, ...] = ()
 
 
 def build_argv(p: BwrapParams) -> list[str]:
@@ -122,6 +124,9 @@ def build_argv(p: BwrapParams) -> list[str]:
     for bind in fs.read_only:
         argv += ["--ro-bind", bind.source, bind.dest]
     argv += ["--proc", "/proc", "--dev", "/dev"]
+    # Only the granted GPUs' nodes: without CAP_MKNOD the workload cannot make others.
+    for dev in p.gpu_devices:
+        argv += ["--dev-bind", dev, dev]
     # Writable: the workspace, /tmp and home, each a private tmpfs capped at the disk
     # quota. They live only in the sandbox's mount namespace, so nothing can leak to
     # (or be left behind on) the host.

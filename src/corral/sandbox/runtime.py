@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from corral.errors import GatewayError, SandboxClosed, SandboxError
+from corral.errors import GatewayError, SandboxClosed, SandboxError, SandboxUnavailable
 from corral.events import Event, EventKind, EventSink, NullSink
 from corral.policy import NetworkPolicy, Policy, load_policy
 from corral.sandbox import protocol as wire
@@ -144,6 +144,23 @@ def _unreachable_by_others(path: Path) -> str | None:
     if st.st_mode & need != need:
         return "not readable by other users (chmod o+r, and o+x for a directory)"
     return None
+
+
+_NVIDIA_SHARED = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+
+
+def _gpu_device_nodes(indices: Sequence[int], dev: Path = Path("/dev")) -> tuple[str, ...]:
+    """Device nodes for the granted NVIDIA GPUs; a granted GPU that is missing is an error."""
+    if not indices:
+        return ()
+    nodes = []
+    for i in indices:
+        node = dev / f"nvidia{i}"
+        if not node.exists():
+            raise SandboxUnavailable(f"gpu.devices: {node} does not exist on this host")
+        nodes.append(str(node))
+    shared = [str(dev / Path(p).name) for p in _NVIDIA_SHARED if (dev / Path(p).name).exists()]
+    return (*nodes, *shared)
 
 
 def _read_proc(path: str) -> bytes:
@@ -307,6 +324,7 @@ class AsyncSandbox:
             problem = _unreachable_by_others(Path(bind.source))
             if problem:
                 raise SandboxError(f"filesystem.read_only: {bind.source}: {problem}")
+        gpu_devices = _gpu_device_nodes(policy.gpu.devices)
         hidden = tuple(
             (p, Path(p).is_dir()) for p in policy.filesystem.hidden if Path(p).exists()
         )
@@ -344,6 +362,7 @@ class AsyncSandbox:
                 joined_netns=netns is not None,
                 etc_view=self._host.etc_view,
                 report_fd=fds[-1],
+                gpu_devices=gpu_devices,
                 hidden=hidden,
             )
             launch = [self._host.init, "launch", "--uid", str(self.uid), "--gid", str(self.uid)]
