@@ -8,12 +8,13 @@ first bytes of each packet, parse the IP header.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from corral.gateway.sockreader import SocketReader
 
 NETLINK_NETFILTER = 12
 _NFNL_SUBSYS_ULOG = 4
@@ -149,23 +150,12 @@ def open_nflog(group: int) -> socket.socket:
     return sock
 
 
-class NflogReader:
+class NflogReader(SocketReader):
     """Hands every packet logged to the group to ``on_packet`` (on the event loop)."""
 
     def __init__(self, sock: socket.socket, on_packet: Callable[[LoggedPacket], None]) -> None:
-        self._sock = sock
+        super().__init__(sock)
         self._on_packet = on_packet
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def start(self) -> None:
-        self._sock.setblocking(False)
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._sock.fileno(), self._drain)
-
-    def stop(self) -> None:
-        if self._loop is not None and self._sock.fileno() != -1:
-            self._loop.remove_reader(self._sock.fileno())
-        self._loop = None
 
     def _drain(self) -> None:
         for _ in range(64):  # bounded per wakeup

@@ -3,12 +3,13 @@ its original destination) and is dropped, with an Event saying where it was goin
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import struct
 from collections.abc import Callable
 from typing import Any
+
+from corral.gateway.sockreader import SocketReader
 
 IP_TRANSPARENT = 19
 IP_RECVORIGDSTADDR = 20
@@ -47,23 +48,12 @@ def _original_destination(ancdata: list[tuple[int, int, bytes]]) -> tuple[str, i
     return None
 
 
-class UdpSink:
+class UdpSink(SocketReader):
     """Reads and discards datagrams, reporting (source, original destination, size)."""
 
     def __init__(self, sock: socket.socket, on_datagram: OnDatagram) -> None:
-        self._sock = sock
+        super().__init__(sock)
         self._on_datagram = on_datagram
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def start(self) -> None:
-        self._sock.setblocking(False)
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._sock.fileno(), self._drain)
-
-    def stop(self) -> None:
-        if self._loop is not None and self._sock.fileno() != -1:
-            self._loop.remove_reader(self._sock.fileno())
-            self._loop = None
 
     def _drain(self) -> None:
         for _ in range(64):  # bounded per wakeup so a flood can't starve the loop
