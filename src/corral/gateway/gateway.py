@@ -166,8 +166,9 @@ class Gateway:
         if self._state != "new":
             raise GatewayError(f"gateway cannot start from state {self._state!r}")
         self._state = "starting"
-        # The owner's pid in every name lets sweep_stale_namespaces() find leftovers of
-        # gateways that died without stop().
+        # Leftovers of gateways whose owner was killed go first (as the sandbox does at
+        # its first start); the owner's pid in every name is what makes them findable.
+        await asyncio.to_thread(sweep_stale_namespaces, self._prefix)
         self._token = f"{os.getpid()}-{secrets.token_hex(2)}"
         self._netns_name = f"{self._prefix}-gw-{self._token}"
         try:
