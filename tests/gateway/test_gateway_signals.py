@@ -119,3 +119,22 @@ def test_nflog_messages_parse() -> None:
     nack = struct.pack("=IHHII", 36, 2, 0, 1, 0) + struct.pack("=i", -1) + bytes(16)
     assert parse_messages(nack) == ([], 1)
     assert all(m[4:6] == struct.pack("=H", (4 << 8) | 1) for m in bind_messages(1))
+
+
+PROC_NET_UDP_WILDCARD = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:A1B2 00000000:0000 07 00000000:00000000 00:00000000 00000000 1000 0 5151 2
+"""
+# A dual-stack socket sending to an IPv4 address: ::ffff:169.254.1.6 in /proc/net/tcp6.
+PROC_NET_TCP6_MAPPED = (
+    "  sl  local_address remote_address st tx rx tr retr uid timeout inode\n"
+    "   0: 0000000000000000FFFF00000601FEA9:D9A9 00000000000000000000000000000000:0000"
+    " 01 0:0 0:0 0 1000 0 6262 1\n"
+)
+
+
+def test_unconnected_and_dual_stack_sockets_are_found() -> None:
+    # An unconnected UDP sender is listed bound to the unspecified address.
+    assert socket_inode(PROC_NET_UDP_WILDCARD, "169.254.1.6", 0xA1B2) == 5151
+    assert socket_inode(PROC_NET_UDP_WILDCARD, "169.254.1.6", 0xA1B3) is None
+    assert socket_inode(PROC_NET_TCP6_MAPPED, "169.254.1.6", 0xD9A9) == 6262

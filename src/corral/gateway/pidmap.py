@@ -128,16 +128,19 @@ def find_pid(
     if not pids:
         return None
     version = ipaddress.ip_address(local_ip).version
-    table_name = transport + ("6" if version == 6 else "")
+    # An IPv4 flow may come from a dual-stack IPv6 socket (listed as ::ffff:a.b.c.d).
+    tables = [transport + "6"] if version == 6 else [transport, transport + "6"]
     for pid in pids:
-        try:
-            table = (_PROC / str(pid) / "net" / table_name).read_text()
-        except OSError:
-            continue
-        inode = socket_inode(table, local_ip, local_port)
-        if inode is None:
+        for table_name in tables:
+            try:
+                table = (_PROC / str(pid) / "net" / table_name).read_text()
+            except OSError:
+                break  # this pid is gone: any other in the namespace shows the same tables
+            inode = socket_inode(table, local_ip, local_port)
+            if inode is not None:
+                return pid_of_socket(pids, inode)
+        else:
             return None
-        return pid_of_socket(pids, inode)
     return None
 
 
