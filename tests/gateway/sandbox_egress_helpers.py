@@ -35,11 +35,15 @@ class ProcInfo:
 
 
 def read_proc(pid: int) -> ProcInfo | None:
-    """``None`` when the process is already gone."""
+    """``None`` when the process is already gone, or exited and not yet reaped: the kernel
+    moves an exiting task to the root cgroup, so a zombie no longer shows its sandbox."""
     try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
         comm = Path(f"/proc/{pid}/comm").read_text().strip()
         cgroup = Path(f"/proc/{pid}/cgroup").read_text()
-    except OSError:
+    except (OSError, IndexError):
+        return None
+    if state in ("Z", "X"):
         return None
     chain = [pid]
     current = pid
