@@ -234,11 +234,17 @@ def _http(data: bytes, final: bool) -> _Result:
         for name, sep, value in (line.partition(":") for line in lines[1:])
         if sep and name.strip().lower() == "host"
     ]
+    if method == "CONNECT":
+        # A tunnel to the request target: its bytes would never be seen again. No name is
+        # vouched for, so no domain rule can match it.
+        return Classification(Protocol.HTTP, http_method=method, http_path=target[:512],
+                              detail="CONNECT tunnel")
     absolute_host = _absolute_form_host(target)
+    absolute_host = absolute_host.rstrip(".") if absolute_host else None
     if len(hosts) > 1:
         return Classification(Protocol.HTTP, http_method=method, http_path=target[:512],
                               detail="several Host headers")
-    host = _strip_port(hosts[0]) if hosts else absolute_host
+    host = _strip_port(hosts[0]).lower().rstrip(".") if hosts else absolute_host
     if hosts and absolute_host is not None and absolute_host != host:
         # A request line naming one host and a Host header naming another is a smuggling try.
         return Classification(Protocol.HTTP, http_method=method, http_path=target[:512],
@@ -285,7 +291,7 @@ def _stratum(data: bytes, final: bool) -> _Result:
     line = body[: newline if newline != -1 else len(body)]
     try:
         message = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # deeply nested junk must not escape the peek
         message = None
     messages = message if isinstance(message, list) else [message]
     methods = [m.get("method") for m in messages if isinstance(m, dict)]

@@ -37,7 +37,10 @@ class SystemResolver:
     async def resolve(self, name: str, family: socket.AddressFamily) -> list[str]:
         loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(name, None, family=family, type=socket.SOCK_STREAM)
+            # Fully qualified: the host's search domains must not turn an allowed name
+            # into a query for an internal one.
+            fqdn = name if name.endswith(".") else name + "."
+            infos = await loop.getaddrinfo(fqdn, None, family=family, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             if exc.errno in (socket.EAI_NONAME, socket.EAI_NODATA):
                 return []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import struct
 import time
@@ -71,8 +72,10 @@ def is_host_address(ip: str) -> bool:
     with socket.socket(family, socket.SOCK_DGRAM) as probe:
         try:
             probe.bind((ip, 0))
-        except OSError:
-            return False
+        except OSError as exc:
+            # Only "not a local address" means no; any other failure counts as the host
+            # (deny), so an odd error can never open the host's own services.
+            return exc.errno != errno.EADDRNOTAVAIL
     return True
 
 

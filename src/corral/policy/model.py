@@ -202,6 +202,13 @@ class AllowRule(_Model):
                 raise ValueError(f"port {port} is out of range 1-65535")
         return v
 
+    @field_validator("protocols")
+    @classmethod
+    def _protocols(cls, v: list[Protocol] | None) -> list[Protocol] | None:
+        if v is not None and not v:
+            raise ValueError("protocols must not be empty; leave it out to mean the default")
+        return v
+
     @model_validator(mode="after")
     def _exactly_one_target(self) -> AllowRule:
         if (self.domain is None) == (self.cidr is None):
