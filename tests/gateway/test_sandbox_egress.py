@@ -533,3 +533,42 @@ async def test_udp_senders_are_named(boxes: MakeBox, simnet: SimNet) -> None:
     for e in events:
         # Each sender still held its socket when the gateway reported it.
         box.assert_pid(e, e.step, "python3")
+
+
+# --- one sandbox cannot speak as another -------------------------------------------------
+
+SPOOF = """
+import socket, struct, sys
+victim, mode = sys.argv[1], sys.argv[2]
+q = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(p)]) + p.encode() for p in "pool.minexmr.sim.test".split(".")) + b"\\0"
+q += struct.pack("!HH", 1, 1)
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+if mode == "spoof":
+    s.setsockopt(socket.IPPROTO_IPV6, 78, 1)  # IPV6_FREEBIND: bind an address we don't own
+    s.bind((victim, 0))
+s.settimeout(2)
+s.sendto(q, ("2001:db8::53", 53))
+try:
+    s.recv(512)
+    print("answered")
+except OSError:
+    print("no answer")
+"""
+
+
+async def test_a_sandbox_cannot_spoof_another_sandboxs_address(boxes: MakeBox) -> None:
+    attacker, victim = await boxes([EXAMPLE]), await boxes([EXAMPLE])
+    addr = await victim.run("ip -6 -o addr show dev eth0 scope global", step=0)
+    victim_ip = addr.stdout.split()[3].split("/")[0]
+    assert victim_ip.startswith("fd"), addr
+    # Control: from its own address, the same query is answered and flagged for the sender.
+    own = await attacker.run(["python3", "-c", SPOOF, victim_ip, "own"], step=1)
+    assert own.stdout == "answered\n", own
+    await attacker.wait_for(lambda: attacker.events(SIGNAL, step=1))
+    # Spoofed as the victim: dropped before the gateway judges or reports anything.
+    spoofed = await attacker.run(["python3", "-c", SPOOF, victim_ip, "spoof"], step=2)
+    assert spoofed.stdout == "no answer\n", spoofed
+    await victim.settle()
+    assert victim.events(DNS) == [] and victim.events(SIGNAL) == []
+    assert attacker.events(DNS, step=2) == []

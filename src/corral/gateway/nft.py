@@ -45,6 +45,15 @@ def render_ruleset(ports: Ports) -> str:
 table inet {TABLE}
 delete table inet {TABLE}
 table inet {TABLE} {{
+    # Strict reverse-path check on every sandbox link: a packet must come from an address
+    # routed back through the link it arrived on, so one sandbox cannot speak (or have its
+    # DNS and UDP judged, attributed and punished) as another. IPv4 rp_filter alone does
+    # not cover IPv6; this covers both.
+    chain antispoof {{
+        type filter hook prerouting priority raw; policy accept;
+        iifname {links} ip6 saddr :: accept
+        iifname {links} fib saddr . iif oif missing counter drop
+    }}
     # UDP other than DNS: handed to the sink socket with its original destination
     # intact (tproxy), so the drop is logged as an Event with where it was going.
     chain divert {{
