@@ -45,13 +45,14 @@ from corral.sandbox.host import Host, host
 from corral.sandbox.result import ExecResult, KillReason
 from corral.sandbox.seccomp import filter_fd
 from corral.sandbox.state import BASE_UID, SandboxRecord, process_start_time
+from corral.sandbox.untar import extract_plain
 
 OutputCallback = Callable[[int, bytes], None]
 """Called with (stream, chunk) as output arrives; stream 1 is stdout, 2 is stderr."""
 
 _READY_TIMEOUT = 30.0
 _UNRESPONSIVE_GRACE = 5.0
-_FILE_CAP = 1 << 30
+_FILE_CAP = 256 << 20  # held in the owner's memory: keep it bounded
 _CRED_SPACE = socket.CMSG_SPACE(struct.calcsize("iII"))
 
 
@@ -893,8 +894,9 @@ class AsyncSandbox:
     async def download(self, src: str, dest: str | Path) -> None:
         """Copy a file or directory from the sandbox to ``dest`` on the host.
 
-        Extraction uses tarfile's ``data`` filter: no absolute paths, no links out
-        of ``dest``, no device files, no setuid bits, whatever the sandbox wrote.
+        Only regular files and directories come out (see :mod:`untar`): a link, device or
+        odd name anywhere in the tree refuses the whole download, whatever the sandbox
+        wrote or injected into the stream.
         """
         source = PurePosixPath(src)
         try:
@@ -909,10 +911,8 @@ class AsyncSandbox:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             try:
-                with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
-                    tar.extractall(tmp, filter="data")
-            except tarfile.TarError as exc:
-                # e.g. a symlink the sandbox planted pointing at a host path.
+                await asyncio.to_thread(extract_plain, blob, Path(tmp), max_bytes=_FILE_CAP)
+            except SandboxError as exc:
                 raise SandboxError(f"refusing to download {src}: {exc}") from None
             extracted = Path(tmp) / source.name
             if target.exists() and target.is_dir() and extracted.is_dir():
