@@ -268,6 +268,14 @@ def test_x32_syscall_numbers_cannot_bypass_the_filter(sandbox: Sandbox) -> None:
     assert r.signal == signal.SIGSYS and "returned" not in r.stdout
 
 
+def test_supervisor_limits_cannot_be_changed(sandbox: Sandbox) -> None:
+    r = sandbox.exec("prlimit --pid 1 --nofile=3:3; prlimit --pid 1 --nofile --noheadings")
+    assert "Operation not permitted" in r.stderr
+    assert sandbox.exec("echo still-serving").stdout == "still-serving\n"
+    # Its own limits stay the workload's business, and no core dumps are ever written.
+    assert sandbox.exec("ulimit -n 64 && ulimit -n && ulimit -c").stdout == "64\n0\n"
+
+
 def test_terminal_injection_is_denied(sandbox: Sandbox) -> None:
     # TIOCSTI on any fd is refused by seccomp before the kernel looks at the fd.
     assert errno_of_syscall(sandbox, "ioctl", 0, 0x5412, 0) == "EPERM"

@@ -246,6 +246,9 @@ class AsyncSandbox:
         self._last_oom_kills = 0
         self._last_refused_forks = 0
         self._reports: socket.socket | None = None
+        # Signals to the supervisor go through a pidfd: its pid number may be reused once
+        # it has died, a pidfd never points at another process.
+        self._init_pidfd: int | None = None
         self.init_pid: int | None = None
         self.created_at = time.time()
 
@@ -409,10 +412,11 @@ class AsyncSandbox:
                 f"sandbox {self.id} failed to start: {detail or exc or 'no answer'}"
             ) from None
         self.init_pid = await loop.run_in_executor(None, _read_child_pid, info_read)
+        # No oom_score_adj for the supervisor: a root-set -1000 would be inherited by every
+        # command it forks and make the whole sandbox immune to the OOM killer.
         if self.init_pid:
-            # The supervisor must outlive any OOM in the sandbox: only the host may kill it.
             with contextlib.suppress(OSError):
-                Path(f"/proc/{self.init_pid}/oom_score_adj").write_text("-1000")
+                self._init_pidfd = os.pidfd_open(self.init_pid)
         if policy.filesystem.workspace:
             await self.upload(policy.filesystem.workspace, policy.filesystem.workspace_path)
         self._timeout_handle = loop.call_later(
@@ -478,6 +482,14 @@ class AsyncSandbox:
                 await self._close_done.wait()
             return
         self._closed_reason = reason
+        try:
+            await self._teardown(reason)
+        finally:
+            # Whatever failed, later close() calls must not wait forever.
+            if self._close_done is not None:
+                self._close_done.set()
+
+    async def _teardown(self, reason: KillReason | str) -> None:
         if self._timeout_handle is not None:
             self._timeout_handle.cancel()
         stats = await asyncio.to_thread(self._teardown_processes)
@@ -512,17 +524,17 @@ class AsyncSandbox:
                     "lifetime_s": round(time.time() - self.created_at, 3),
                 },
             )
-        if self._close_done is not None:
-            self._close_done.set()
 
     def _teardown_processes(self) -> CgroupStats:
         stats = self._cgroup.stats()
-        if self.init_pid is not None:
+        if self._init_pidfd is not None:
             # Killing the pid namespace's init makes the kernel kill everything in it, and
             # lets bwrap reap init before it exits itself, so no zombie is left for host
             # pid 1 to collect.
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.init_pid, signal.SIGKILL)
+                signal.pidfd_send_signal(self._init_pidfd, signal.SIGKILL)
+            os.close(self._init_pidfd)
+            self._init_pidfd = None
         if self._proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=5)
@@ -942,8 +954,7 @@ class AsyncSandbox:
         todo = [pid]
         while todo:
             current = todo.pop()
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(current, signal.SIGKILL)
+            _kill_if_member(current, self._cgroup)
             todo.extend(children.get(current, []))
 
     async def freeze(self) -> None:
@@ -983,6 +994,22 @@ class AsyncSandbox:
                 data=data or {},
             )
         )
+
+
+def _kill_if_member(pid: int, cgroup: Cgroup) -> None:
+    """SIGKILL ``pid`` only if it is still this sandbox's: pin it with a pidfd first, then
+    check membership, so a pid reused by a host process in between is never signalled."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return  # already gone
+    try:
+        if pid in cgroup.pids():
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(pidfd)
 
 
 def _read_child_pid(fd: int) -> int | None:

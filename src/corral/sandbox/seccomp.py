@@ -100,6 +100,9 @@ def filter_bytes() -> bytes:
     for request in (_TIOCSTI, _TIOCLINUX):
         filt.add_rule(eperm, "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, request))
     filt.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), "socket", sc.Arg(0, sc.EQ, _AF_PACKET))
+    # Same uid is enough to change another process's limits, non-dumpable or not: the
+    # supervisor's (NOFILE, CPU) must stay out of reach. glibc passes pid 0 for itself.
+    filt.add_rule(eperm, "prlimit64", sc.Arg(0, sc.NE, 0))
     with tempfile.TemporaryFile() as fh:
         filt.export_bpf(fh)
         fh.seek(0)

@@ -94,6 +94,9 @@ static int launch(int argc, char **argv) {
     if (setresuid(uid, uid, uid) < 0) die("setresuid");
     if (getuid() == 0 || geteuid() == 0) { fprintf(stderr, "corral-init: still root\n"); return 120; }
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die("no_new_privs");
+    /* No core dumps: with a piped core_pattern the dump helper would run as root on the host. */
+    struct rlimit no_core = {0, 0};
+    if (setrlimit(RLIMIT_CORE, &no_core) < 0) die("rlimit_core");
     /* Credentials changed, which clears the death signal: set it again. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) die("pdeathsig");
     execv(argv[i], &argv[i]);
