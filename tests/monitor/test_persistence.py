@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 from corral.monitor.persistence import exec_findings
 from tests.monitor.helpers import PYTHON, Harness, wait_for
@@ -79,3 +80,33 @@ async def test_existing_rc_file_is_the_baseline_and_a_change_is_an_alert(
         await wait_for(lambda: rules().count("persistence.systemd_user") == 2)
     finally:
         await sb.close()
+
+
+def test_symlinks_planted_in_the_watched_tree_are_never_followed(tmp_path: Path) -> None:
+    """A sandbox's absolute symlink resolves against the host's root when the host follows
+    it: ~/.config -> /etc must not make the watcher list or watch host directories."""
+    from corral.monitor.persistence import PersistenceWatcher
+
+    home = tmp_path / "home"
+    home.mkdir()
+    host_dir = tmp_path / "host-secret-dir"
+    (host_dir / "autostart").mkdir(parents=True)
+    (host_dir / "autostart" / "host_file.desktop").write_text("x")
+    found: list[str] = []
+    watcher = PersistenceWatcher(lambda sid, finding: found.append(finding.explanation))
+    try:
+        (home / ".config").symlink_to(host_dir)  # planted before the watch starts
+        watcher.watch("sb-test", [str(home)])
+        watcher.on_readable()
+        staged = tmp_path / "staged"
+        staged.mkdir()
+        (staged / "autostart").symlink_to(host_dir / "autostart")
+        (home / ".config").unlink()
+        staged.rename(home / ".config")  # a real dir appears whose child is a link
+        watcher.on_readable()
+        assert found == []
+        watched = {root + ("/" + rel if rel else "") for _, root, rel in watcher._wd.values()}
+        assert all(str(host_dir) not in w for w in watched)
+        assert str(home / ".config" / "autostart") not in watched
+    finally:
+        watcher.close()

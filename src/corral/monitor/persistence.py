@@ -12,6 +12,7 @@ Two independent signals, because each misses things the other sees:
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from corral.monitor.inotify import (
     IN_IGNORED,
     IN_ISDIR,
     IN_MOVED_TO,
+    IN_ONLYDIR,
     IN_Q_OVERFLOW,
     Inotify,
 )
@@ -227,21 +229,27 @@ class PersistenceWatcher:
         directory that appears later is checked now, since its files may have
         been written before the watch existed.
         """
-        path = Path(root, rel)
+        fd = _open_dir_beneath(root, rel)
+        if fd is None:
+            return  # not there (yet), or not a real directory: never follow it
         try:
-            wd = self._inotify.add_watch(str(path), _DIR_MASK)
-        except OSError:
-            return  # not there (yet): its parent's watch will see it appear
-        self._wd[wd] = (sandbox_id, root, rel)
-        # Whatever appeared before the watch existed is checked now, not lost.
-        try:
-            entries = list(path.iterdir())
-        except OSError:
-            return
-        for entry in entries:
-            name = entry.name
+            try:
+                # Through the fd, so the watch lands on the directory that was opened
+                # without following any link the sandbox planted.
+                wd = self._inotify.add_watch(f"/proc/self/fd/{fd}", _DIR_MASK | IN_ONLYDIR)
+            except OSError:
+                return
+            self._wd[wd] = (sandbox_id, root, rel)
+            # Whatever appeared before the watch existed is checked now, not lost.
+            try:
+                entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in os.scandir(fd)]
+            except OSError:
+                return
+        finally:
+            os.close(fd)
+        for name, is_dir in entries:
             child = f"{rel}/{name}" if rel else name
-            if child in _PARENTS and entry.is_dir():
+            if child in _PARENTS and is_dir:
                 self._add(sandbox_id, root, child, baseline=baseline)
             elif not baseline:
                 self._check(sandbox_id, root, rel, name)
@@ -272,9 +280,37 @@ class PersistenceWatcher:
         for sandbox_id, root, rel in list(self._wd.values()):
             if not rel:
                 continue
+            fd = _open_dir_beneath(root, rel)
+            if fd is None:
+                continue
             try:
-                names = [e.name for e in Path(root, rel).iterdir()]
+                names = [e.name for e in os.scandir(fd)]
             except OSError:
                 continue
+            finally:
+                os.close(fd)
             for name in names:
                 self._check(sandbox_id, root, rel, name)
+
+
+def _open_dir_beneath(root: str, rel: str) -> int | None:
+    """An fd of ``root/rel``, refusing a symlink at every step below ``root``.
+
+    ``root`` (``/proc/PID/root/home/agent``) is fixed by the sandbox's layout; what lies
+    below it is the sandbox's to shape, and a link there resolves against the *host's*
+    root when the host follows it.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    try:
+        fd = os.open(root, flags)
+    except OSError:
+        return None
+    for part in [p for p in rel.split("/") if p]:
+        try:
+            child = os.open(part, flags | os.O_NOFOLLOW, dir_fd=fd)
+        except OSError:
+            os.close(fd)
+            return None
+        os.close(fd)
+        fd = child
+    return fd
