@@ -182,7 +182,7 @@ class Monitor:
         self._closed[sandbox_id] = sandbox.violations
         while len(self._closed) > _KEEP_CLOSED:
             self._closed.popitem(last=False)
-        self._table.unwatch_uid(sandbox.handle.uid)
+        self._table.unwatch_uid(sandbox.handle.uid, sandbox_id)
         if self._persistence is not None:
             self._persistence.unwatch(sandbox_id)
 
@@ -327,7 +327,9 @@ class Monitor:
             st = Path(path).stat()
         except OSError:
             return
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        # ctime too: the workload can rewrite a binary in place and put its mtime back, but
+        # it cannot set ctime.
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if key not in self._hash_cache:
             async with self._hash_slots:
                 digest = await asyncio.to_thread(sha256_file, path, self.config.hash_max_bytes)

@@ -129,11 +129,15 @@ class ProcessTable:
                 adopted.append(record)
         return adopted
 
-    def unwatch_uid(self, uid: int) -> None:
+    def unwatch_uid(self, uid: int, sandbox_id: str | None = None) -> None:
+        """Stop watching ``uid``; with ``sandbox_id``, only if the uid still maps to it (a
+        freed uid slot may already belong to a newer sandbox)."""
         with self.lock:
-            sandbox_id = self._uid_sandbox.pop(uid, None)
-            if sandbox_id is None:
+            current = self._uid_sandbox.get(uid)
+            if current is None or (sandbox_id is not None and current != sandbox_id):
                 return
+            del self._uid_sandbox[uid]
+            sandbox_id = current
             for pid in [p for p, r in self._live.items() if r.sandbox_id == sandbox_id]:
                 del self._live[pid]
             for key in [k for k, r in self._recent.items() if r.sandbox_id == sandbox_id]:
