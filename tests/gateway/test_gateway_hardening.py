@@ -69,3 +69,60 @@ def test_empty_protocol_list_is_a_policy_error() -> None:
 def test_host_address_probe_fails_towards_the_host() -> None:
     assert is_host_address("127.0.0.1")
     assert not is_host_address("203.0.113.251")
+
+
+async def test_idle_flow_is_cut_and_busy_flow_is_not() -> None:
+    import asyncio
+    import socket
+
+    from corral.gateway.relay import relay
+
+    a_client, a_gateway = socket.socketpair()
+    b_gateway, b_server = socket.socketpair()
+    for s in (a_gateway, b_gateway):
+        s.setblocking(False)
+    try:
+        a_client.sendall(b"hello")
+        task = asyncio.ensure_future(
+            relay(a_gateway, b_gateway, lambda n: None, lambda n: None, idle_timeout=1.0)
+        )
+        await asyncio.sleep(0.1)
+        assert b_server.recv(16) == b"hello"
+        for _ in range(15):  # traffic keeps it alive well past the idle timeout
+            a_client.sendall(b"x")
+            await asyncio.sleep(0.1)
+        assert not task.done()
+        assert await asyncio.wait_for(task, 5) == "idle timeout"
+    finally:
+        for s in (a_client, a_gateway, b_gateway, b_server):
+            s.close()
+
+
+async def test_flow_caps_per_sandbox_and_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from corral.events import NullSink
+    from corral.gateway.session import Session
+
+    monkeypatch.setattr(Session, "MAX_FLOWS", 2)
+    monkeypatch.setattr(Session, "MAX_FLOWS_TOTAL", 3)
+    policy = compile_policy(NetworkPolicy.model_validate({"mode": "gateway"}))
+
+    def session(name: str) -> Session:
+        return Session(sandbox_id=name, episode_id=None, policy=policy, sink=NullSink(),
+                       step=lambda: None, slot=SimpleNamespace(inode=0))  # type: ignore[arg-type]
+
+    a, b = session("a"), session("b")
+    gate = asyncio.Event()
+    tasks = [asyncio.ensure_future(gate.wait()) for _ in range(3)]
+    a.track(tasks[0])
+    assert not a.at_capacity
+    a.track(tasks[1])
+    assert a.at_capacity and not b.at_capacity  # a's own cap, b unaffected
+    b.track(tasks[2])
+    assert b.at_capacity  # the process-wide cap
+    gate.set()
+    await asyncio.gather(*tasks)
+    await asyncio.sleep(0)  # done-callbacks run
+    assert not a.at_capacity and not b.at_capacity

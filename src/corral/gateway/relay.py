@@ -68,20 +68,47 @@ async def pump(
         os.close(write_fd)
 
 
+#: A flow that moves no byte either way for this long is cut: idle flows would otherwise
+#: pin sockets and pipe buffers (kernel memory outside the sandbox's cgroup) forever.
+IDLE_TIMEOUT = 600.0
+
+
 async def relay(
     client: socket.socket,
     upstream: socket.socket,
     on_up: Callable[[int], None],
     on_down: Callable[[int], None],
+    *,
+    idle_timeout: float = IDLE_TIMEOUT,
 ) -> str | None:
     """Relays both ways until both sides are done; returns an error description or None."""
-    up = asyncio.ensure_future(pump(client, upstream, on_up))
-    down = asyncio.ensure_future(pump(upstream, client, on_down))
+    loop = asyncio.get_running_loop()
+    last = [loop.time()]
+
+    def counted(count: Callable[[int], None]) -> Callable[[int], None]:
+        def note(n: int) -> None:
+            last[0] = loop.time()
+            count(n)
+
+        return note
+
+    up = asyncio.ensure_future(pump(client, upstream, counted(on_up)))
+    down = asyncio.ensure_future(pump(upstream, client, counted(on_down)))
     error: str | None = None
     try:
         pending: set[asyncio.Future[None]] = {up, down}
         while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            wait_for = max(0.0, last[0] + idle_timeout - loop.time())
+            done, pending = await asyncio.wait(
+                pending, timeout=wait_for, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done and loop.time() - last[0] >= idle_timeout:
+                error = "idle timeout"
+                for other in pending:
+                    other.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                pending = set()
+                break
             for task in done:
                 exc = task.exception()
                 if exc is not None:
@@ -103,4 +130,4 @@ async def relay(
     return error
 
 
-__all__ = ["pump", "relay"]
+__all__ = ["IDLE_TIMEOUT", "pump", "relay"]

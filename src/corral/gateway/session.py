@@ -62,6 +62,10 @@ class Session:
 
     #: Flows a single sandbox may have open through the gateway at once.
     MAX_FLOWS = 1024
+    #: Flows all sandboxes of this process may have open at once: each holds a few fds and
+    #: pipe buffers in the owner, so one sandbox alone must not be able to take them all.
+    MAX_FLOWS_TOTAL = 4096
+    _open_total = 0
 
     def __init__(
         self,
@@ -156,11 +160,19 @@ class Session:
 
     def track(self, task: asyncio.Task[Any]) -> None:
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        Session._open_total += 1
+        task.add_done_callback(self._untrack)
+
+    def _untrack(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        Session._open_total -= 1
 
     @property
     def at_capacity(self) -> bool:
-        return len(self.tasks) >= self.MAX_FLOWS
+        return (
+            len(self.tasks) >= self.MAX_FLOWS
+            or Session._open_total >= self.MAX_FLOWS_TOTAL
+        )
 
     async def cancel_flows(self) -> None:
         tasks = list(self.tasks)
