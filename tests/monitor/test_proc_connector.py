@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import struct
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +27,7 @@ from corral.monitor.proc_connector import (
 )
 from corral.monitor.process_table import ExecNotice, ExitNotice, LostNotice, ProcessTable
 from corral.monitor.process_watcher import ProcessWatcher
-from corral.monitor.procfs import read_argv
+from corral.monitor.procfs import read_argv, read_exe
 from corral.monitor.testing import LocalSandbox
 from tests.monitor.helpers import alive, wait_for
 
@@ -114,6 +117,46 @@ async def test_resync_finds_what_lost_events_hid() -> None:
         assert [n.record.pid for n in notices if isinstance(n, ExitNotice)] == [pid]
     finally:
         await sb.close()
+
+
+_SAME_ARGV_EXEC = """
+import os, sys, time
+target = sys.argv[1]
+if os.readlink("/proc/self/exe") != target:
+    time.sleep(0.4)
+    with open("/proc/self/cmdline", "rb") as fh:
+        argv = fh.read().split(b"\\0")[:-1]
+    os.execv(target, argv)  # another binary, the very same command line
+time.sleep(20)
+"""
+
+
+async def test_resync_sees_an_exec_that_kept_its_command_line() -> None:
+    """Only the executable shows this exec happened: the command line did not change."""
+    base = Path("/var/lib/corral-tests")
+    base.mkdir(mode=0o755, exist_ok=True)
+    shared = Path(tempfile.mkdtemp(prefix="resync-", dir=base))
+    shared.chmod(0o755)  # the test sandbox's uid must be able to run the copy
+    other = shared / "python-copy"
+    shutil.copy(os.path.realpath("/usr/bin/python3"), other)
+    other.chmod(0o755)
+    sb = LocalSandbox(with_home=False)
+    table = ProcessTable()
+    try:
+        sb.start()
+        table.watch_uid(sb.uid, sb.sandbox_id)
+        pid = await sb.spawn(["/usr/bin/python3", "-c", _SAME_ARGV_EXEC, str(other)])
+        await wait_for(lambda: (read_argv(pid) or [""])[0] == "/usr/bin/python3")
+        table.resync()  # adopts it as it is now
+        before = read_argv(pid)
+        await wait_for(lambda: read_exe(pid) == str(other))
+        assert read_argv(pid) == before
+        execs = [n for n in table.resync() if isinstance(n, ExecNotice) and n.record.pid == pid]
+        assert [n.exe for n in execs] == [str(other)]
+        assert [n for n in table.resync() if isinstance(n, ExecNotice)] == []  # no change since
+    finally:
+        await sb.close()
+        shutil.rmtree(shared)
 
 
 async def test_watcher_reports_lost_events_and_resyncs() -> None:

@@ -234,8 +234,8 @@ class ProcessTable:
     def resync(self) -> list[Notice]:
         """After lost events, rebuild from /proc so that nothing harmful slipped by.
 
-        Unseen processes are adopted and every live process whose command line
-        changed is treated as having exec'd (its exec event may be among the
+        Unseen processes are adopted and every live process whose command line or
+        executable changed is treated as having exec'd (its exec event may be among the
         lost ones); records of processes that are gone are closed.
         """
         found = procfs.pids_by_uid(self.watched_uids)
@@ -250,7 +250,11 @@ class ProcessTable:
                     continue
             snap = procfs.snapshot(pid)
             with self.lock:
-                if snap.argv is not None and snap.argv != record.argv:
+                # The executable too: "exec -a <same argv> ./miner" keeps the command line.
+                changed = snap.argv != record.argv or (
+                    snap.exe is not None and record.exe is not None and snap.exe != record.exe
+                )
+                if snap.argv is not None and changed:
                     record.argv, record.exe, record.exec_ns = snap.argv, snap.exe, now_ns
                     record.execs += 1
                     notices.append(ExecNotice(record, now_ns, snap.argv, snap.exe, record.comm))
