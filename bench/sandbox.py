@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -25,7 +26,7 @@ import psutil
 from corral.policy import load_policy
 from corral.sandbox import AsyncSandbox, Sandbox, collect
 from corral.sandbox.host import host
-from corral.sandbox.state import BASE_UID, MAX_SLOTS
+from corral.sandbox.state import BASE_UID, MAX_SLOTS, processes_with_uid
 
 TRUE = "/usr/bin/true"
 BARE_BWRAP = ["bwrap", "--unshare-all", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib",
@@ -93,10 +94,9 @@ def latency(samples: int) -> dict[str, Any]:
 
 def sandbox_processes() -> list[psutil.Process]:
     out = []
-    for proc in psutil.process_iter(["uids"]):
-        uids = proc.info["uids"]
-        if uids is not None and BASE_UID <= uids.real < BASE_UID + MAX_SLOTS:
-            out.append(proc)
+    for pid in processes_with_uid(range(BASE_UID, BASE_UID + MAX_SLOTS)):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            out.append(psutil.Process(pid))
     return out
 
 

@@ -6,12 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from corral.events import MemorySink
 from corral.policy import Policy, load_policy
 from corral.sandbox import Sandbox
+from corral.sandbox.state import processes_with_uid
 
 
 def make_policy(base: str = "default", **overrides: Any) -> Policy:
@@ -47,9 +47,4 @@ def shared_tmp() -> Iterator[Path]:
 
 
 def processes_of_uid(uid: int) -> list[int]:
-    out = []
-    for proc in psutil.process_iter(["uids"]):
-        uids = proc.info["uids"]
-        if uids is not None and uid in (uids.real, uids.effective):
-            out.append(proc.pid)
-    return out
+    return processes_with_uid({uid})

@@ -20,6 +20,7 @@ from corral.bench.incident import StepRecord, replay
 from corral.events import EventKind, FanoutSink, JsonlSink, MemorySink
 from corral.policy import load_policy
 from corral.sandbox import ExecResult, Sandbox
+from corral.sandbox.state import processes_with_uid
 
 from .output import out_console
 
@@ -97,7 +98,7 @@ def run_isolation(events_path: Path) -> int:
                 table.add_row(str(step), attempt.title,
                               "[green]contained[/]" if contained else "[red]ESCAPED[/]",
                               _evidence(r))
-        leftover = _processes_of(uid)
+        leftover = processes_with_uid({uid})
         table.add_row(str(len(ATTEMPTS)), "outlive the sandbox after close()",
                       "[green]contained[/]" if not leftover else "[red]ESCAPED[/]",
                       f"{len(leftover)} process(es) left with the sandbox's uid")
@@ -120,15 +121,6 @@ def _evidence(r: ExecResult) -> str:
     return f"{usage}; {first}" if first else usage
 
 
-def _processes_of(uid: int) -> list[int]:
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter(["uids"]):
-        uids = proc.info["uids"]
-        if uids is not None and uids.real == uid:
-            found.append(proc.pid)
-    return found
 
 
 def run_incident(events_path: Path) -> int:

@@ -58,15 +58,23 @@ def _keyed(text: str) -> dict[str, int]:
     return out
 
 
-def _keyed_fast(path: str) -> dict[str, int]:
+def read_small(path: str) -> bytes:
+    """One small /proc or cgroupfs read without pathlib's overhead (on every exec's path).
+    Empty if it cannot be read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return {}
+        return b""
     try:
-        return _keyed(os.read(fd, 4096).decode())
+        return os.read(fd, 65536)
+    except OSError:
+        return b""
     finally:
         os.close(fd)
+
+
+def _keyed_fast(path: str) -> dict[str, int]:
+    return _keyed(read_small(path).decode())
 
 
 def _cgroup_mounts() -> tuple[str | None, dict[str, Path]]:

@@ -40,7 +40,7 @@ from corral.sandbox.bwrap import (
     DataFile,
     build_argv,
 )
-from corral.sandbox.cgroups import Cgroup, CgroupLimits, CgroupStats
+from corral.sandbox.cgroups import Cgroup, CgroupLimits, CgroupStats, read_small
 from corral.sandbox.host import Host, host
 from corral.sandbox.result import ExecResult, KillReason
 from corral.sandbox.seccomp import filter_fd
@@ -164,22 +164,8 @@ def _gpu_device_nodes(indices: Sequence[int], dev: Path = Path("/dev")) -> tuple
     return (*nodes, *shared)
 
 
-def _read_proc(path: str) -> bytes:
-    """One small /proc read without pathlib's overhead (this is on every exec's path)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return b""
-    try:
-        return os.read(fd, 65536)
-    except OSError:
-        return b""
-    finally:
-        os.close(fd)
-
-
 def _ns_pid(host_pid: int) -> int | None:
-    for line in _read_proc(f"/proc/{host_pid}/status").splitlines():
+    for line in read_small(f"/proc/{host_pid}/status").splitlines():
         if line.startswith(b"NSpid:"):
             fields = line.split()
             return int(fields[-1]) if len(fields) > 2 else None
@@ -193,7 +179,7 @@ def _host_pid_of(init_pid: int | None, cgroup: Cgroup, ns_pid: int) -> int | Non
     newest children; the cgroup's member list is the slow, complete fallback.
     """
     if init_pid is not None:
-        children = _read_proc(f"/proc/{init_pid}/task/{init_pid}/children").split()
+        children = read_small(f"/proc/{init_pid}/task/{init_pid}/children").split()
         for raw in reversed(children):
             if _ns_pid(int(raw)) == ns_pid:
                 return int(raw)

@@ -11,8 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Container
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import psutil
 
 from corral.errors import SandboxError
 
@@ -20,6 +23,16 @@ RUN_DIR = Path(os.environ.get("CORRAL_RUN_DIR", "/run/corral"))
 # Host uids for sandboxes: far above any real account, below 2**31 for tools that use signed ids.
 BASE_UID = 2_100_000_000
 MAX_SLOTS = 40_000
+
+
+def processes_with_uid(uids: Container[int]) -> list[int]:
+    """Host pids whose real or effective uid is in ``uids`` (a sandbox's, or the range)."""
+    found = []
+    for proc in psutil.process_iter(["uids"]):
+        ids = proc.info["uids"]
+        if ids is not None and (ids.real in uids or ids.effective in uids):
+            found.append(proc.pid)
+    return found
 
 
 def process_start_time(pid: int) -> int | None:
