@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from corral.errors import CorralError
@@ -22,6 +23,8 @@ ACTION_ORDER = {Action.LOG: 0, Action.KILL: 1, Action.FREEZE: 2, Action.END_EPIS
 # Processes may fork while being killed; look again for survivors this often.
 _KILL_ROUNDS = 3
 _KILL_WAIT = 0.25
+# Long enough for the process-events reader to record forks that raced the first look.
+_LATE_FORKS_WAIT = 0.02
 
 
 @dataclass(slots=True)
@@ -59,8 +62,13 @@ class Responder:
                 # Empty when everything harmful has already exited: nothing left to do.
                 targets = self._kill_targets(sandbox, record, step)
         error = None
+        killed: list[ProcessRecord] = []
+        acted_ns: int | None = None
         try:
-            await self._act(sandbox, action, targets, reason)
+            killed, acted_ns = await self._act(
+                sandbox, action, targets, reason,
+                again=lambda: self._kill_targets(sandbox, record, step),
+            )
         except (CorralError, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}"
             if action in (Action.KILL, Action.FREEZE):
@@ -77,19 +85,34 @@ class Responder:
             action=action,
             ok=ok,
             decided_ms=decided,
-            latency_ms=_ms_since(started_ns),
-            targets=[t.pid for t in targets],
+            # Until the harmful processes were gone, not until stragglers were swept.
+            latency_ms=_ms_since(started_ns, acted_ns),
+            targets=[t.pid for t in (killed or targets)],
             error=error,
             escalated_from=escalated_from,
         )
 
     async def _act(
-        self, sandbox: WatchedSandbox, action: Action, targets: list[ProcessRecord], reason: str
-    ) -> None:
+        self,
+        sandbox: WatchedSandbox,
+        action: Action,
+        targets: list[ProcessRecord],
+        reason: str,
+        *,
+        again: Callable[[], list[ProcessRecord]] | None = None,
+    ) -> tuple[list[ProcessRecord], int | None]:
+        """Carry out ``action``. For a kill, return every process it killed and when the
+        first targets were gone (monotonic ns); otherwise ``([], None)``.
+
+        ``again`` recomputes the kill set after each round: a fork made just before the
+        kill may reach the process table only after the first look.
+        """
         handle = sandbox.handle
         if action == Action.LOG:
-            return
+            return [], None
         if action == Action.KILL:
+            killed = {t.key: t for t in targets}
+            acted_ns: int | None = None
             for _ in range(_KILL_ROUNDS):
                 for target in targets:
                     await handle.kill_tree(target.pid)
@@ -99,15 +122,23 @@ class Responder:
                     targets = [t for t in targets if procfs.is_running(t.pid, t.start_ticks)]
                     if targets:
                         await asyncio.sleep(0.005)
+                if acted_ns is None and not targets:
+                    acted_ns = time.monotonic_ns()
+                if again is not None:
+                    await asyncio.sleep(_LATE_FORKS_WAIT)
+                    late = [t for t in again() if procfs.is_running(t.pid, t.start_ticks)]
+                    targets += [t for t in late if t.key not in {x.key for x in targets}]
+                    killed.update((t.key, t) for t in late)
                 if not targets:
-                    return
+                    return list(killed.values()), acted_ns
             raise OSError(f"processes survived {_KILL_ROUNDS} kill rounds: {targets}")
         if action == Action.FREEZE:
             await handle.freeze()
             sandbox.frozen = True
-            return
+            return [], None
         sandbox.ended = True
         await handle.end_episode(reason)
+        return [], None
 
     def _kill_targets(
         self, sandbox: WatchedSandbox, record: ProcessRecord | None, step: int | None
@@ -127,5 +158,6 @@ class Responder:
         return unique
 
 
-def _ms_since(started_ns: int) -> float:
-    return round((time.monotonic_ns() - started_ns) / 1e6, 3)
+def _ms_since(started_ns: int, until_ns: int | None = None) -> float:
+    end = time.monotonic_ns() if until_ns is None else until_ns
+    return round((end - started_ns) / 1e6, 3)
